@@ -1,0 +1,237 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/backup-proxy/backup-proxy/agent"
+	"github.com/backup-proxy/backup-proxy/internal/version"
+)
+
+// serveConfig is the validated configuration of `serve`.
+type serveConfig struct {
+	listen          string
+	dataDir         string
+	logLevel        zapcore.Level
+	logFormat       string
+	graphURL        *url.URL
+	loginURL        *url.URL
+	caFile          string
+	roots           *x509.CertPool // system roots plus --ca-file; nil when no --ca-file
+	maxJobs         int
+	maxQueuedJobs   int
+	shutdownTimeout time.Duration
+}
+
+// parseServeFlags parses and validates the flags of `serve`. Every problem is
+// reported in words an operator can act on.
+func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cfg      serveConfig
+		level    string
+		graphURL string
+		loginURL string
+	)
+	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:50051", "gRPC listen address (host:port)")
+	fs.StringVar(&cfg.dataDir, "data", "backup-proxy-data", "data directory: application pool, job state and the backup repository")
+	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.logFormat, "log-format", "json", "log format: json or console")
+	fs.StringVar(&graphURL, "graph-url", "https://graph.microsoft.com", "Microsoft Graph base URL, without the version")
+	fs.StringVar(&loginURL, "login-url", "https://login.microsoftonline.com", "Microsoft Entra authority host")
+	fs.StringVar(&cfg.caFile, "ca-file", "", "PEM file of extra CA certificates to trust for Graph and Entra (e.g. a simulator's)")
+	fs.IntVar(&cfg.maxJobs, "max-jobs", 4, "backup jobs that may run at the same time")
+	fs.IntVar(&cfg.maxQueuedJobs, "max-queued-jobs", 100, "backup jobs that may wait for a slot; beyond this SubmitJob is refused")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight RPCs may finish on shutdown")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if err := cfg.logLevel.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", level)
+	}
+	if cfg.logFormat != "json" && cfg.logFormat != "console" {
+		return nil, fmt.Errorf("--log-format: %q is not json or console", cfg.logFormat)
+	}
+	if _, _, err := net.SplitHostPort(cfg.listen); err != nil {
+		return nil, fmt.Errorf("--listen: %q is not host:port: %w", cfg.listen, err)
+	}
+	if cfg.dataDir == "" {
+		return nil, errors.New("--data: a directory is required")
+	}
+	var err error
+	if cfg.graphURL, err = parseBaseURL("--graph-url", graphURL); err != nil {
+		return nil, err
+	}
+	if cfg.loginURL, err = parseBaseURL("--login-url", loginURL); err != nil {
+		return nil, err
+	}
+	if cfg.caFile != "" {
+		if cfg.roots, err = loadRoots(cfg.caFile); err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+	}
+	if cfg.maxJobs < 1 {
+		return nil, fmt.Errorf("--max-jobs: must be at least 1, got %d", cfg.maxJobs)
+	}
+	if cfg.maxQueuedJobs < 0 {
+		return nil, fmt.Errorf("--max-queued-jobs: must not be negative, got %d", cfg.maxQueuedJobs)
+	}
+	if cfg.shutdownTimeout <= 0 {
+		return nil, fmt.Errorf("--shutdown-timeout: must be positive, got %v", cfg.shutdownTimeout)
+	}
+	return &cfg, nil
+}
+
+// parseBaseURL accepts an https URL with a host and no path, query or
+// fragment: Microsoft's clients only talk https, and paths are ours to add.
+func parseBaseURL(flagName, raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flagName, err)
+	}
+	if u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("%s: %q must be an https URL with a host", flagName, raw)
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("%s: %q must have no path, query or fragment", flagName, raw)
+	}
+	u.Path = ""
+	return u, nil
+}
+
+// loadRoots returns the system roots plus every certificate of a PEM file.
+func loadRoots(path string) (*x509.CertPool, error) {
+	pemBytes, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	roots, err := x509.SystemCertPool()
+	if err != nil {
+		roots = x509.NewCertPool()
+	}
+	if !roots.AppendCertsFromPEM(pemBytes) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return roots, nil
+}
+
+func newLogger(cfg *serveConfig, stderr io.Writer) *zap.Logger {
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	encCfg.EncodeDuration = zapcore.StringDurationEncoder
+	var enc zapcore.Encoder
+	if cfg.logFormat == "console" {
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	} else {
+		enc = zapcore.NewJSONEncoder(encCfg)
+	}
+	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(stderr)), cfg.logLevel)
+	return zap.New(core, zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(stderr))))
+}
+
+// runServe runs the agent until ctx is cancelled (SIGINT/SIGTERM).
+func runServe(ctx context.Context, args []string, stderr io.Writer) int {
+	cfg, err := parseServeFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "backup-proxy serve: %v\n", err)
+		return exitUsage
+	}
+	log := newLogger(cfg, stderr)
+	defer log.Sync() //nolint:errcheck // nothing useful to do if stderr fails
+
+	unlock, err := lockDataDir(cfg.dataDir)
+	if err != nil {
+		log.Error("cannot use data directory", zap.String("data", cfg.dataDir), zap.Error(err))
+		return exitFailure
+	}
+	defer unlock()
+
+	lis, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		log.Error("cannot listen", zap.String("listen", cfg.listen), zap.Error(err))
+		return exitFailure
+	}
+	return serve(ctx, cfg, lis, log)
+}
+
+// serve runs the gRPC server on lis until ctx is done, then shuts it down
+// gracefully within cfg.shutdownTimeout.
+func serve(ctx context.Context, cfg *serveConfig, lis net.Listener, log *zap.Logger) int {
+	log.Info("starting backup-proxy",
+		zap.String("version", version.Version),
+		zap.String("data", cfg.dataDir),
+		zap.Stringer("graph_url", cfg.graphURL),
+		zap.Stringer("login_url", cfg.loginURL),
+		zap.String("ca_file", cfg.caFile),
+	)
+	srv := agent.NewServer(log, agent.DefaultLimits(), agent.Services{
+		Agent: agent.NewInfoService(agent.InfoConfig{
+			Start:             time.Now(),
+			MaxConcurrentJobs: cfg.maxJobs,
+			MaxQueuedJobs:     cfg.maxQueuedJobs,
+		}),
+	})
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+
+	select {
+	case err := <-serveErr:
+		log.Error("gRPC server failed", zap.Error(err))
+		return exitFailure
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", zap.Duration("deadline", cfg.shutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown was not graceful", zap.Error(err))
+		return exitForcedShutdown
+	}
+	if err := <-serveErr; err != nil {
+		log.Error("gRPC server failed", zap.Error(err))
+		return exitFailure
+	}
+	log.Info("stopped")
+	return exitOK
+}
+
+// lockDataDir creates the data directory (0700: it will hold private keys)
+// and takes an exclusive lock on it, so two agents never share one directory.
+func lockDataDir(dir string) (unlock func(), err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s is in use by another backup-proxy process", dir)
+		}
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { f.Close() }, nil
+}
