@@ -17,6 +17,11 @@ type JobCounter interface {
 	JobCounts() (running, queued int)
 }
 
+// TenantLister lists the tenants with applications in the pool.
+type TenantLister interface {
+	Tenants() []string
+}
+
 // InfoConfig configures the AgentService.
 type InfoConfig struct {
 	// Start is when the process started.
@@ -28,6 +33,8 @@ type InfoConfig struct {
 	MaxQueuedJobs     int
 	// Jobs is the job manager; nil while none runs (no job can run then).
 	Jobs JobCounter
+	// Tenants is the application pool.
+	Tenants TenantLister
 }
 
 // InfoService implements AgentService.
@@ -59,6 +66,9 @@ func (s *InfoService) GetAgentInfo(_ context.Context, _ *pb.GetAgentInfoRequest)
 		running, queued := s.cfg.Jobs.JobCounts()
 		resp.Capacity.RunningJobs = int32(running)
 		resp.Capacity.QueuedJobs = int32(queued)
+	}
+	if s.cfg.Tenants != nil {
+		resp.Tenants = s.cfg.Tenants.Tenants()
 	}
 	return resp, nil
 }

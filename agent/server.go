@@ -23,7 +23,9 @@ import (
 // usable; start from DefaultLimits.
 type Limits struct {
 	// MaxRecvMsgBytes bounds one request message. Certificates are the largest
-	// legitimate requests (a PKCS#12 bundle is a few KiB).
+	// legitimate requests (a few KiB); the bound sits well above the pool's own
+	// 1 MiB certificate limit so that an oversized certificate gets the pool's
+	// INVALID_ARGUMENT saying so rather than a bare transport error.
 	MaxRecvMsgBytes int
 	// MaxSendMsgBytes bounds one response message. ReadItem sends at most
 	// 1 MiB of data per message; list pages stay well below this.
@@ -42,9 +44,9 @@ type Limits struct {
 // DefaultLimits returns the limits the agent runs with.
 func DefaultLimits() Limits {
 	return Limits{
-		MaxRecvMsgBytes:      4 << 20,
+		MaxRecvMsgBytes:      16 << 20,
 		MaxSendMsgBytes:      4 << 20,
-		MaxConcurrentStreams: 256,
+		MaxConcurrentStreams: 128,
 		ConnectionTimeout:    10 * time.Second,
 		KeepaliveMinTime:     10 * time.Second,
 		MaxConnectionIdle:    30 * time.Minute,

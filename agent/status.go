@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+
+	"github.com/backup-proxy/backup-proxy/pool"
 )
 
 // toStatus maps a domain error to a gRPC status. It is the one place where
@@ -17,7 +21,25 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	var (
+		invalid      *pool.InvalidArgumentError
+		precondition *pool.PreconditionError
+	)
 	switch {
+	case errors.As(err, &invalid):
+		return withDetails(codes.InvalidArgument, err.Error(), &errdetails.BadRequest{
+			FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: invalid.Field, Description: invalid.Reason}},
+		})
+	case errors.As(err, &precondition):
+		return withDetails(codes.FailedPrecondition, err.Error(), &errdetails.PreconditionFailure{
+			Violations: []*errdetails.PreconditionFailure_Violation{{Type: "POOL", Description: precondition.Reason}},
+		})
+	case errors.Is(err, pool.ErrNoUsableApp):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, pool.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, pool.ErrAlreadyExists):
+		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
@@ -25,4 +47,12 @@ func toStatus(err error) error {
 	default:
 		return status.Error(codes.Internal, err.Error())
 	}
+}
+
+func withDetails(code codes.Code, msg string, details ...protoadapt.MessageV1) error {
+	st, err := status.New(code, msg).WithDetails(details...)
+	if err != nil {
+		return status.Error(code, msg)
+	}
+	return st.Err()
 }

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/backup-proxy/backup-proxy/agent"
 	"github.com/backup-proxy/backup-proxy/internal/version"
+	"github.com/backup-proxy/backup-proxy/pool"
 )
 
 // serveConfig is the validated configuration of `serve`.
@@ -184,12 +187,29 @@ func serve(ctx context.Context, cfg *serveConfig, lis net.Listener, log *zap.Log
 		zap.Stringer("login_url", cfg.loginURL),
 		zap.String("ca_file", cfg.caFile),
 	)
+	microsoft := &http.Client{Transport: &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		TLSClientConfig:     &tls.Config{RootCAs: cfg.roots, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 64,
+	}}
+	apps, err := pool.Open(log, pool.Config{
+		Dir:        filepath.Join(cfg.dataDir, "pool"),
+		LoginURL:   cfg.loginURL.String(),
+		HTTPClient: microsoft,
+	})
+	if err != nil {
+		log.Error("cannot open the application pool", zap.Error(err))
+		return exitFailure
+	}
 	srv := agent.NewServer(log, agent.DefaultLimits(), agent.Services{
 		Agent: agent.NewInfoService(agent.InfoConfig{
 			Start:             time.Now(),
 			MaxConcurrentJobs: cfg.maxJobs,
 			MaxQueuedJobs:     cfg.maxQueuedJobs,
+			Tenants:           apps,
 		}),
+		Pool: agent.NewPoolService(apps, nil),
 	})
 
 	serveErr := make(chan error, 1)
