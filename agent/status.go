@@ -8,9 +8,17 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/backup-proxy/backup-proxy/agent/jobs"
 	"github.com/backup-proxy/backup-proxy/pool"
 )
+
+// fieldViolation is a domain error refusing one request field.
+type fieldViolation interface {
+	error
+	FieldViolation() (field, reason string)
+}
 
 // toStatus maps a domain error to a gRPC status. It is the one place where
 // domain errors meet status codes; handlers return toStatus(err).
@@ -22,24 +30,36 @@ func toStatus(err error) error {
 		return err
 	}
 	var (
-		invalid      *pool.InvalidArgumentError
+		invalid      fieldViolation
 		precondition *pool.PreconditionError
+		queueFull    *jobs.QueueFullError
 	)
 	switch {
 	case errors.As(err, &invalid):
+		field, reason := invalid.FieldViolation()
 		return withDetails(codes.InvalidArgument, err.Error(), &errdetails.BadRequest{
-			FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: invalid.Field, Description: invalid.Reason}},
+			FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: reason}},
 		})
 	case errors.As(err, &precondition):
 		return withDetails(codes.FailedPrecondition, err.Error(), &errdetails.PreconditionFailure{
 			Violations: []*errdetails.PreconditionFailure_Violation{{Type: "POOL", Description: precondition.Reason}},
 		})
+	case errors.As(err, &queueFull):
+		return withDetails(codes.ResourceExhausted, err.Error(), &errdetails.RetryInfo{
+			RetryDelay: durationpb.New(queueFull.RetryAfter),
+		})
 	case errors.Is(err, pool.ErrNoUsableApp):
 		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, pool.ErrNotFound):
+	case errors.Is(err, pool.ErrNotFound), errors.Is(err, jobs.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, pool.ErrAlreadyExists):
+	case errors.Is(err, pool.ErrAlreadyExists), errors.Is(err, jobs.ErrConflict):
 		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, jobs.ErrBadPageToken):
+		return withDetails(codes.InvalidArgument, err.Error(), &errdetails.BadRequest{
+			FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "page_token", Description: "not a token from a previous page"}},
+		})
+	case errors.Is(err, jobs.ErrClosed):
+		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):

@@ -24,6 +24,9 @@ type InvalidArgumentError struct {
 
 func (e *InvalidArgumentError) Error() string { return e.Field + ": " + e.Reason }
 
+// FieldViolation names the field and the problem.
+func (e *InvalidArgumentError) FieldViolation() (field, reason string) { return e.Field, e.Reason }
+
 func invalidArg(field, format string, args ...any) error {
 	return &InvalidArgumentError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }

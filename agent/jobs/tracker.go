@@ -1,0 +1,82 @@
+package jobs
+
+import (
+	"sync"
+	"time"
+)
+
+// Tracker holds a job's live state. Runners report progress through it;
+// watchers wait on its change signal.
+type Tracker struct {
+	mu      sync.Mutex
+	job     Job
+	changed chan struct{} // closed and replaced on every change
+}
+
+func newTracker(j *Job) *Tracker {
+	return &Tracker{job: *j, changed: make(chan struct{})}
+}
+
+// Add adds to the job's progress counters.
+func (t *Tracker) Add(d Progress) {
+	t.mu.Lock()
+	t.job.Progress.add(d)
+	t.signalLocked()
+	t.mu.Unlock()
+}
+
+// Fail records an item that could not be backed up and counts it.
+func (t *Tracker) Fail(item FailedItem) {
+	t.mu.Lock()
+	t.job.Progress.ItemsFailed++
+	if len(t.job.FailedItems) < MaxFailedItemsListed {
+		t.job.FailedItems = append(t.job.FailedItems, item)
+	}
+	t.signalLocked()
+	t.mu.Unlock()
+}
+
+// Progress returns the counters so far.
+func (t *Tracker) Progress() Progress {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.job.Progress
+}
+
+func (t *Tracker) signalLocked() {
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+func (t *Tracker) snapshot() Job {
+	j, _ := t.snapshotAndSignal()
+	return j
+}
+
+// snapshotAndSignal returns the job and the channel closed at its next change.
+func (t *Tracker) snapshotAndSignal() (Job, <-chan struct{}) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	j := t.job
+	j.FailedItems = append([]FailedItem(nil), t.job.FailedItems...)
+	return j, t.changed
+}
+
+func (t *Tracker) start(now time.Time) {
+	t.mu.Lock()
+	t.job.State = Running
+	t.job.Started = now
+	t.job.Attempts++
+	t.signalLocked()
+	t.mu.Unlock()
+}
+
+func (t *Tracker) finish(state State, errMsg, restorePoint string, now time.Time) {
+	t.mu.Lock()
+	t.job.State = state
+	t.job.Error = errMsg
+	t.job.RestorePointID = restorePoint
+	t.job.Ended = now
+	t.signalLocked()
+	t.mu.Unlock()
+}
