@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -139,9 +140,21 @@ func azidentityCredential(loginURL string, httpClient *http.Client) func(string,
 				Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: strings.TrimSuffix(loginURL, "/") + "/"},
 				Transport: httpClient,
 			},
+			// MSAL validates unknown authorities against Microsoft's public
+			// instance discovery endpoint; an authority that is not one of
+			// Microsoft's public clouds (a sovereign cloud reached through
+			// a proxy, or the simulator) is trusted as configured instead.
+			DisableInstanceDiscovery: !isPublicAuthority(loginURL),
 		}
 		return azidentity.NewClientCertificateCredential(tenantID, clientID, cert.Chain, cert.Key.RSA(), opts)
 	}
+}
+
+// isPublicAuthority reports whether loginURL is the public Microsoft Entra
+// authority, which MSAL's instance discovery knows.
+func isPublicAuthority(loginURL string) bool {
+	u, err := url.Parse(loginURL)
+	return err == nil && strings.EqualFold(u.Hostname(), "login.microsoftonline.com")
 }
 
 func (p *Pool) newApp(tenantID, clientID, name string, org bool, cert *Certificate) (*App, error) {
