@@ -68,7 +68,9 @@ func (f *poolFixture) start() {
 
 func (f *poolFixture) app(i int) graphsim.App { return f.sim.Tenant().Apps[i] }
 
-func pemBundle(c *graphsim.AppCredential) []byte { return append(append([]byte{}, c.CertPEM...), c.KeyPEM...) }
+func pemBundle(c *graphsim.AppCredential) []byte {
+	return append(append([]byte{}, c.CertPEM...), c.KeyPEM...)
+}
 
 func (f *poolFixture) add(i int, cert []byte, password string) *pb.Application {
 	f.t.Helper()
