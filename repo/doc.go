@@ -1,0 +1,67 @@
+// Package repo is the backup repository: it stores byte streams as
+// content-defined, content-addressed, compressed and encrypted chunks packed
+// into large files, and keeps a catalogue of restore points (package
+// repo/catalog). It knows nothing of Microsoft Graph: sources, drives and
+// items are strings chosen by the caller.
+//
+// # Promises (after restic and kopia)
+//
+//   - Chunks are cut by the restic chunker (Rabin fingerprints, 512 KiB min,
+//     ~1 MiB average, 8 MiB max, a random polynomial per repository; streams
+//     under 512 KiB are one chunk), named by the SHA-256 of their plaintext
+//     and written once: storing the same content again costs no new chunk,
+//     and content shifted by a byte shares all but the chunks around the edit.
+//   - Chunks are zstd-compressed when that saves more than ~1.5 % and
+//     sealed with AES-256-GCM (random nonce, chunk id as associated data)
+//     under a 32-byte key in a 0600 key file; encryption is on by default.
+//   - Every file is written temp → fsync → rename → fsync dir, and the
+//     commit order is pack → index file → restore point (one catalogue
+//     transaction, deltaLinks included). A crash at any instant leaves a
+//     valid repository: an unfinished pack is a temp file (removed at Open),
+//     a pack without index file is an orphan (removed by Prune), staged
+//     catalogue rows without a restore point record are invisible (removed
+//     by Prune). A rerun deduplicates against every pack that was indexed.
+//   - Verify detects any flipped bit: index files are named by their hash,
+//     pack trailers by theirs, and every chunk authenticates and hashes to
+//     its id. Transient read errors are retried, never reported as corruption.
+//   - Many small files do not become many files: packs are tens of MiB.
+//
+// # On-disk layout
+//
+//	<dir>/config               JSON: version, id, encryption, sealed chunker polynomial
+//	<dir>/key                  hex AES-256 key, mode 0600 (Options.KeyFile may put it elsewhere)
+//	<dir>/packs/<xx>/<id>      pack files; id = SHA-256 of the pack's stored trailer
+//	<dir>/index/<id>           index files; id = SHA-256 of the file
+//	<dir>/catalog.db           bbolt catalogue (restore points, item versions, deltaLinks)
+//	<dir>/tmp/                 temp files of writes in progress
+//
+// A pack is "BPPACK\x00\x01" ‖ blobs ‖ sealed trailer (chunk id, offset,
+// length, raw length, flags per blob) ‖ trailer length ‖ "BPPT". An index
+// file lists packs with their size and blob entries; writers add one per
+// pack, Prune (and Open, past 256 files) merge them.
+//
+// # Concurrency
+//
+// A Repository serves any number of writer Sessions (one per job; each may
+// Store from several goroutines), readers, Verify and Prune at once, in one
+// process; a second process is kept out by the catalogue's file lock
+// (ErrLocked; ReadOnly opens share it with other readers only). Sessions
+// write their own packs; chunk encoding is bounded by Options.Workers+2
+// buffer slots shared by all sessions, which also bounds write memory.
+// Prune never removes a chunk a running session wrote, deduplicated against
+// or looked up: sessions register those chunks, and the dead set is decided
+// and removed from the in-memory index under one lock.
+//
+// # Use
+//
+//	r, err := repo.Open(dir, repo.Options{Create: true, Logger: log})
+//	latest, err := r.LatestRestorePoint(ctx, tenant, source)       // ErrNotFound: full job
+//	link, _, err := r.DeltaLink(ctx, tenant, source, drive)        // ErrNotFound: crawl the drive in full
+//	s, err := r.NewSession(ctx, repo.SessionOptions{Tenant: tenant, Source: source, Base: latest.ID})
+//	old, ok, err := s.LookupVersion(ctx, d, id, cTag, quickXorHash) // ok: s.PutItem(ctx, old with new path), no download
+//	item, err := s.StoreItem(ctx, repo.Item{DriveID: d, ItemID: id, Path: p, ...}, body)
+//	err = s.DeleteItem(ctx, d, goneID)
+//	err = s.SetDeltaLink(d, newDeltaLink)
+//	rp, err := s.Commit(ctx)
+//	rep, err := r.Verify(ctx, repo.VerifyOptions{ReadData: true})
+package repo

@@ -1,0 +1,31 @@
+package repo
+
+// Test hooks: locate a chunk's pack and index file so corruption tests can
+// damage exactly the files an item depends on.
+
+// PackFileOf returns the path of the pack holding chunk id.
+func PackFileOf(r *Repository, id ChunkID) (string, bool) {
+	_, pack, ok := r.locate(id)
+	if !ok {
+		return "", false
+	}
+	return packPath(r.dir, pack), true
+}
+
+// IndexFileOf returns the path of an index file listing the pack of chunk id.
+func IndexFileOf(r *Repository, id ChunkID) (string, bool) {
+	_, pack, ok := r.locate(id)
+	if !ok {
+		return "", false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, packs := range r.idx.files {
+		for _, p := range packs {
+			if p == pack {
+				return indexPath(r.dir, name), true
+			}
+		}
+	}
+	return "", false
+}

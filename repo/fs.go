@@ -1,0 +1,183 @@
+package repo
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// FS is the file-system surface the repository reads and writes packs,
+// index files, the config and the key through. It exists so that tests can
+// inject a failure at every write step (create, write, fsync, rename, dir
+// fsync) and transient read errors. The catalogue (bbolt) opens its own file.
+type FS interface {
+	MkdirAll(path string, perm fs.FileMode) error
+	// CreateTemp creates a new file for writing, mode 0600, as os.CreateTemp.
+	CreateTemp(dir, pattern string) (File, error)
+	// Open opens a file for reading.
+	Open(name string) (File, error)
+	Rename(oldpath, newpath string) error
+	Remove(name string) error
+	ReadDir(name string) ([]fs.DirEntry, error)
+	Stat(name string) (fs.FileInfo, error)
+	// SyncDir fsyncs a directory so that a rename into it is durable.
+	SyncDir(name string) error
+}
+
+// File is an open file of an FS.
+type File interface {
+	io.Reader
+	io.ReaderAt
+	io.Writer
+	io.Closer
+	Sync() error
+	Stat() (fs.FileInfo, error)
+	Name() string
+}
+
+// OSFS is the real file system.
+type OSFS struct{}
+
+var _ FS = OSFS{}
+
+// MkdirAll implements FS.
+func (OSFS) MkdirAll(path string, perm fs.FileMode) error { return os.MkdirAll(path, perm) }
+
+// CreateTemp implements FS.
+func (OSFS) CreateTemp(dir, pattern string) (File, error) { return os.CreateTemp(dir, pattern) }
+
+// Open implements FS.
+func (OSFS) Open(name string) (File, error) { return os.Open(name) }
+
+// Rename implements FS.
+func (OSFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
+
+// Remove implements FS.
+func (OSFS) Remove(name string) error { return os.Remove(name) }
+
+// ReadDir implements FS.
+func (OSFS) ReadDir(name string) ([]fs.DirEntry, error) { return os.ReadDir(name) }
+
+// Stat implements FS.
+func (OSFS) Stat(name string) (fs.FileInfo, error) { return os.Stat(name) }
+
+// SyncDir implements FS.
+func (OSFS) SyncDir(name string) error {
+	d, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// isTransient reports whether a read error may go away when retried: errors
+// that say so (Temporary() true, as injected faults and some network file
+// systems do), EINTR and EAGAIN. Verify retries these and never reports them
+// as corruption.
+func isTransient(err error) bool {
+	var t interface{ Temporary() bool }
+	if errors.As(err, &t) && t.Temporary() {
+		return true
+	}
+	return errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EAGAIN)
+}
+
+// atomicWriter writes one file the durable way: temp file in tmpDir →
+// write → fsync → close → rename into dir → fsync dir. Until the rename the
+// file does not exist under its name; after the dir fsync it survives a crash.
+type atomicWriter struct {
+	fsys   FS
+	tmpDir string
+	f      File
+	failed bool
+}
+
+func newAtomicWriter(fsys FS, tmpDir, pattern string) (*atomicWriter, error) {
+	f, err := fsys.CreateTemp(tmpDir, pattern)
+	if err != nil {
+		return nil, fmt.Errorf("create temp file in %s: %w", tmpDir, err)
+	}
+	return &atomicWriter{fsys: fsys, tmpDir: tmpDir, f: f}, nil
+}
+
+func (w *atomicWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if err != nil {
+		w.failed = true
+		return n, fmt.Errorf("write %s: %w", w.f.Name(), err)
+	}
+	return n, nil
+}
+
+// commit makes the file durable as dir/name.
+func (w *atomicWriter) commit(dir, name string) error {
+	tmp := w.f.Name()
+	if err := w.f.Sync(); err != nil {
+		w.abort()
+		return fmt.Errorf("fsync %s: %w", tmp, err)
+	}
+	if err := w.f.Close(); err != nil {
+		w.f = nil
+		_ = w.fsys.Remove(tmp)
+		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	w.f = nil
+	dst := filepath.Join(dir, name)
+	if err := w.fsys.Rename(tmp, dst); err != nil {
+		_ = w.fsys.Remove(tmp)
+		return fmt.Errorf("rename %s to %s: %w", tmp, dst, err)
+	}
+	if err := w.fsys.SyncDir(dir); err != nil {
+		// The file is in place but may not survive a crash; the caller
+		// treats it as not written (it is then an orphan at worst).
+		return fmt.Errorf("fsync dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// abort removes the temp file; safe to call after commit.
+func (w *atomicWriter) abort() {
+	if w.f == nil {
+		return
+	}
+	name := w.f.Name()
+	_ = w.f.Close()
+	_ = w.fsys.Remove(name)
+	w.f = nil
+}
+
+// writeFileAtomic writes data as dir/name durably. The temp file is named
+// after dir's last element ("index-*.tmp", …).
+func writeFileAtomic(fsys FS, tmpDir, dir, name string, data []byte) error {
+	kind := filepath.Base(dir)
+	if name == configName || name == defaultKeyName {
+		kind = name
+	}
+	w, err := newAtomicWriter(fsys, tmpDir, kind+"-*.tmp")
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(data); err != nil {
+		w.abort()
+		return err
+	}
+	return w.commit(dir, name)
+}
+
+// readFile reads a whole (small) file through fsys.
+func readFile(fsys FS, name string) ([]byte, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
+}

@@ -1,0 +1,468 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sort"
+
+	"go.uber.org/zap"
+
+	"github.com/backup-proxy/backup-proxy/repo/catalog"
+)
+
+// Forget removes the restore points the policy does not keep (see
+// ForgetPolicy: newest of each source always kept, union of KeepLast and
+// KeepWithin, KeepWithin measured with the repository clock). Space is
+// reclaimed by Prune.
+func (r *Repository) Forget(ctx context.Context, p ForgetPolicy) ([]RestorePoint, error) {
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	if r.opts.ReadOnly && !p.DryRun {
+		return nil, ErrReadOnly
+	}
+	return r.cat.Forget(ctx, p)
+}
+
+// ForgetRestorePoint removes one restore point; ErrInUse if a running job
+// is based on it.
+func (r *Repository) ForgetRestorePoint(ctx context.Context, id RestorePointID) error {
+	if err := r.check(); err != nil {
+		return err
+	}
+	if r.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	return r.cat.ForgetRestorePoint(ctx, id)
+}
+
+// PruneOptions configure Prune.
+type PruneOptions struct {
+	// RepackThreshold: a pack is rewritten when at least this fraction of
+	// its bytes is dead (and it still has live chunks). Default 0.5.
+	RepackThreshold float64
+	// DryRun computes the report and changes nothing.
+	DryRun bool
+}
+
+// PruneReport reports a prune.
+type PruneReport struct {
+	RowsRemoved        int64 // catalogue rows no restore point sees
+	VersionsRemoved    int64 // item versions no restore point refers to
+	ChunksRemoved      int64
+	PacksDeleted       int // wholly dead packs
+	PacksRewritten     int // mostly dead packs whose live chunks were copied
+	PacksWritten       int // new packs holding copied chunks
+	OrphanPacksDeleted int // packs no index listed
+	IndexFilesRemoved  int
+	BytesFreed         int64 // pack bytes deleted minus pack bytes written
+}
+
+// Prune reclaims space: it removes catalogue rows and item versions that no
+// restore point sees, deletes packs whose chunks are all unreferenced,
+// rewrites mostly-dead packs, merges the index files and deletes orphan
+// packs. It never removes a chunk a running session wrote, deduplicated
+// against or looked up (sessions register their chunks; a session that ends
+// while the prune runs leaves its set behind for it). Each step is atomic and
+// ordered (new packs → new index → old index removed and dir fsynced → old
+// packs removed), so a crash at any point leaves a valid repository.
+func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport, error) {
+	if err := r.check(); err != nil {
+		return PruneReport{}, err
+	}
+	if r.opts.ReadOnly {
+		return PruneReport{}, ErrReadOnly
+	}
+	if opts.RepackThreshold <= 0 || opts.RepackThreshold > 1 {
+		opts.RepackThreshold = 0.5
+	}
+	r.maint.Lock()
+	defer r.maint.Unlock()
+	r.mu.Lock()
+	r.pruning++
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.pruning--
+		if r.pruning == 0 {
+			r.retired = nil
+		}
+		r.mu.Unlock()
+	}()
+
+	var rep PruneReport
+	gc, err := r.cat.GC(ctx, opts.DryRun)
+	if err != nil {
+		return rep, fmt.Errorf("prune: %w", err)
+	}
+	rep.RowsRemoved, rep.VersionsRemoved = gc.RowsRemoved, gc.VersionsRemoved
+
+	// The index as it is on disk. A damaged index file could hide live
+	// packs, which would then look like orphans: refuse.
+	names, err := r.fsys.ReadDir(filepath.Join(r.dir, "index"))
+	if err != nil {
+		return rep, fmt.Errorf("prune: list index: %w", err)
+	}
+	var files []indexFile
+	for _, e := range names {
+		ips, err := r.readIndexFile(e.Name())
+		if err != nil {
+			return rep, fmt.Errorf("prune: index file %s unusable, run verify: %w", e.Name(), err)
+		}
+		files = append(files, indexFile{name: e.Name(), packs: ips})
+	}
+
+	plan, err := r.planPrune(gc.Chunks, files, opts)
+	if err != nil {
+		return rep, err
+	}
+	diskPacks, oldIndex := plan.diskPacks, plan.oldIndex
+	rep.ChunksRemoved = plan.chunksRemoved
+	rep.PacksDeleted = len(plan.deletePacks)
+	rep.PacksRewritten = len(plan.repack)
+	rep.OrphanPacksDeleted = len(plan.orphans)
+	for _, id := range plan.deletePacks {
+		rep.BytesFreed += diskPacks[id].size
+	}
+	for _, id := range plan.repack {
+		rep.BytesFreed += diskPacks[id].size
+	}
+	for _, o := range plan.orphans {
+		rep.BytesFreed += o.size
+	}
+	if opts.DryRun {
+		return rep, nil
+	}
+
+	// Copy the live chunks of mostly-dead packs into new packs.
+	newPacks, err := r.repack(ctx, plan.repack, diskPacks)
+	if err != nil {
+		return rep, fmt.Errorf("prune: repack: %w", err)
+	}
+	rep.PacksWritten = len(newPacks)
+	for _, ip := range newPacks {
+		rep.BytesFreed -= ip.size
+	}
+
+	// One index for every surviving pack we read, then drop the old files.
+	gone := map[PackID]bool{}
+	for _, id := range append(append([]PackID(nil), plan.deletePacks...), plan.repack...) {
+		gone[id] = true
+	}
+	r.mu.Lock()
+	var merged []indexedPack
+	for id, ip := range diskPacks {
+		if gone[id] {
+			continue
+		}
+		slot, ok := r.idx.packSlot[id]
+		if !ok {
+			continue
+		}
+		keep := indexedPack{id: id, size: ip.size}
+		for _, e := range ip.entries {
+			if loc, ok := r.idx.chunks[e.id]; ok && loc.pack == slot && loc.offset == e.offset {
+				keep.entries = append(keep.entries, e)
+			}
+		}
+		merged = append(merged, keep)
+	}
+	r.mu.Unlock()
+	merged = append(merged, newPacks...)
+	sort.Slice(merged, func(i, j int) bool { return string(merged[i].id[:]) < string(merged[j].id[:]) })
+	indexDir := filepath.Join(r.dir, "index")
+	var mergedName string
+	if len(merged) > 0 {
+		data, name, err := encodeIndex(r.seal, merged)
+		if err != nil {
+			return rep, fmt.Errorf("prune: encode index: %w", err)
+		}
+		if err := writeFileAtomic(r.fsys, r.tmpDir(), indexDir, name, data); err != nil {
+			return rep, fmt.Errorf("prune: write index: %w", err)
+		}
+		mergedName = name
+	}
+	r.mu.Lock()
+	for _, name := range oldIndex {
+		delete(r.idx.files, name)
+	}
+	for _, ip := range newPacks {
+		for name, ids := range r.idx.files {
+			if len(ids) == 1 && ids[0] == ip.id {
+				delete(r.idx.files, name)
+				oldIndex = append(oldIndex, name) // the per-pack file repack wrote
+			}
+		}
+	}
+	if mergedName != "" {
+		ids := make([]PackID, len(merged))
+		for i, ip := range merged {
+			ids[i] = ip.id
+		}
+		r.idx.files[mergedName] = ids
+	}
+	r.mu.Unlock()
+	for _, name := range oldIndex {
+		if name == mergedName {
+			continue
+		}
+		if err := r.fsys.Remove(indexPath(r.dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return rep, fmt.Errorf("prune: remove index %s: %w", name, err)
+		}
+		rep.IndexFilesRemoved++
+	}
+	// The removals must be durable before the packs they listed go.
+	if err := r.fsys.SyncDir(indexDir); err != nil {
+		return rep, fmt.Errorf("prune: fsync index dir: %w", err)
+	}
+
+	r.mu.Lock()
+	for id := range gone {
+		r.idx.removePack(id)
+	}
+	r.mu.Unlock()
+	for id := range gone {
+		if err := r.fsys.Remove(packPath(r.dir, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return rep, fmt.Errorf("prune: remove pack %s: %w", id, err)
+		}
+	}
+	for _, o := range plan.orphans {
+		if err := r.fsys.Remove(o.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return rep, fmt.Errorf("prune: remove orphan pack %s: %w", o.path, err)
+		}
+	}
+	r.log.Info("prune done", zap.Int64("chunks_removed", rep.ChunksRemoved), zap.Int("packs_deleted", rep.PacksDeleted),
+		zap.Int("packs_rewritten", rep.PacksRewritten), zap.Int64("bytes_freed", rep.BytesFreed))
+	return rep, nil
+}
+
+type orphanPack struct {
+	path string
+	size int64
+}
+
+type indexFile struct {
+	name  string
+	packs []indexedPack
+}
+
+type prunePlan struct {
+	diskPacks     map[PackID]indexedPack // packs of the index files prune takes over
+	oldIndex      []string               // those files; replaced by the merged index
+	deletePacks   []PackID
+	repack        []PackID
+	orphans       []orphanPack
+	chunksRemoved int64
+}
+
+// planPrune decides, under the repository lock, what is dead, and (unless
+// dry-running) removes dead chunks from the in-memory index at once, so no
+// session can deduplicate against a chunk that is about to go.
+func (r *Repository) planPrune(referenced map[catalog.ChunkID]struct{}, files []indexFile, opts PruneOptions) (prunePlan, error) {
+	plan := prunePlan{diskPacks: map[PackID]indexedPack{}}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// An index file whose pack is not in memory yet belongs to a writer
+	// still finishing that pack: leave the file and its packs alone.
+	diskPacks := plan.diskPacks
+	for _, f := range files {
+		ours := true
+		for _, ip := range f.packs {
+			if _, ok := r.idx.packSlot[ip.id]; !ok {
+				ours = false
+			}
+		}
+		if !ours {
+			continue
+		}
+		plan.oldIndex = append(plan.oldIndex, f.name)
+		for _, ip := range f.packs {
+			if _, ok := diskPacks[ip.id]; !ok {
+				diskPacks[ip.id] = ip
+			}
+		}
+	}
+	live := func(id ChunkID) bool {
+		if _, ok := referenced[id]; ok {
+			return true
+		}
+		for s := range r.sessions {
+			if _, ok := s.chunks[id]; ok {
+				return true
+			}
+		}
+		for _, set := range r.retired {
+			if _, ok := set[id]; ok {
+				return true
+			}
+		}
+		return false
+	}
+	var dead []ChunkID
+	for id := range r.idx.chunks {
+		if !live(id) {
+			dead = append(dead, id)
+		}
+	}
+	plan.chunksRemoved = int64(len(dead))
+	deadSet := make(map[ChunkID]bool, len(dead))
+	for _, id := range dead {
+		deadSet[id] = true
+	}
+	for id, ip := range diskPacks {
+		slot := r.idx.packSlot[id]
+		var liveBytes int64
+		for _, e := range ip.entries {
+			loc, ok := r.idx.chunks[e.id]
+			if ok && loc.pack == slot && loc.offset == e.offset && !deadSet[e.id] {
+				liveBytes += int64(e.length)
+			}
+		}
+		switch {
+		case liveBytes == 0:
+			plan.deletePacks = append(plan.deletePacks, id)
+		case float64(ip.size-liveBytes) >= opts.RepackThreshold*float64(ip.size):
+			plan.repack = append(plan.repack, id)
+		}
+	}
+	listed := map[PackID]bool{}
+	for _, f := range files {
+		for _, ip := range f.packs {
+			listed[ip.id] = true
+		}
+	}
+	err := r.walkPackFiles(func(id PackID, path string) {
+		if listed[id] { // by an index file, ours or a writer's
+			return
+		}
+		if _, ok := r.idx.packSlot[id]; ok {
+			return // indexed by a file written after we listed
+		}
+		if _, ok := r.inflight[id]; ok {
+			return // a writer is finishing it
+		}
+		var size int64
+		if fi, err := r.fsys.Stat(path); err == nil {
+			size = fi.Size()
+		}
+		plan.orphans = append(plan.orphans, orphanPack{path: path, size: size})
+	})
+	if err != nil {
+		return plan, fmt.Errorf("prune: %w", err)
+	}
+	if !opts.DryRun {
+		for _, id := range dead {
+			r.idx.removeChunk(id)
+		}
+	}
+	sort.Slice(plan.deletePacks, func(i, j int) bool { return string(plan.deletePacks[i][:]) < string(plan.deletePacks[j][:]) })
+	sort.Slice(plan.repack, func(i, j int) bool { return string(plan.repack[i][:]) < string(plan.repack[j][:]) })
+	return plan, nil
+}
+
+// repack copies the live chunks of the given packs, verified, into new
+// packs, and points the in-memory index at the copies.
+func (r *Repository) repack(ctx context.Context, ids []PackID, diskPacks map[PackID]indexedPack) ([]indexedPack, error) {
+	var out []indexedPack
+	var pw *packWriter
+	stbuf, dst := getBuf(maxChunkSize+4096), getBuf(maxChunkSize)
+	defer putBuf(stbuf)
+	defer putBuf(dst)
+	flush := func() error {
+		if pw == nil || len(pw.entries) == 0 {
+			return nil
+		}
+		p := pw
+		pw = nil
+		ip, err := r.finishPackReplacing(p)
+		if err != nil {
+			return err
+		}
+		out = append(out, ip)
+		return nil
+	}
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		f, err := r.fsys.Open(packPath(r.dir, id))
+		if err != nil {
+			return out, fmt.Errorf("open pack %s: %w", id, err)
+		}
+		r.mu.Lock()
+		slot := r.idx.packSlot[id]
+		var keep []blobEntry
+		for _, e := range diskPacks[id].entries {
+			if loc, ok := r.idx.chunks[e.id]; ok && loc.pack == slot && loc.offset == e.offset {
+				keep = append(keep, e)
+			}
+		}
+		r.mu.Unlock()
+		for _, e := range keep {
+			if cap(*stbuf) < int(e.length) {
+				*stbuf = make([]byte, e.length)
+			}
+			stored := (*stbuf)[:e.length]
+			if _, err := f.ReadAt(stored, int64(e.offset)); err != nil {
+				f.Close()
+				return out, fmt.Errorf("read chunk %s of pack %s: %w", e.id, id, err)
+			}
+			// Check before copying: never spread a damaged chunk. Decoding
+			// works in place, so copy the stored form aside first.
+			check := append((*dst)[:0], stored...)
+			if _, err := r.decodeChunk(e.id, location{offset: e.offset, length: e.length, raw: e.raw, flags: e.flags}, check, make([]byte, 0, e.raw)); err != nil {
+				f.Close()
+				return out, fmt.Errorf("chunk %s of pack %s: %w", e.id, id, err)
+			}
+			if pw == nil {
+				if pw, err = newPackWriter(r.fsys, r.tmpDir()); err != nil {
+					f.Close()
+					return out, err
+				}
+			}
+			if err := pw.add(e.id, stored, int(e.raw), e.flags); err != nil {
+				f.Close()
+				pw.w.abort()
+				return out, err
+			}
+			if pw.offset >= r.opts.PackSize {
+				if err := flush(); err != nil {
+					f.Close()
+					return out, err
+				}
+			}
+		}
+		f.Close()
+	}
+	if err := flush(); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+// finishPackReplacing is finishPack for copies: the in-memory index is
+// pointed at the new pack for every chunk it holds.
+func (r *Repository) finishPackReplacing(pw *packWriter) (indexedPack, error) {
+	if err := r.finishPack(pw); err != nil {
+		return indexedPack{}, err
+	}
+	id, size := pw.id, pw.size
+	ip := indexedPack{id: id, size: size, entries: pw.entries}
+	r.mu.Lock()
+	slot := r.idx.packSlot[id]
+	for _, e := range pw.entries {
+		old, ok := r.idx.chunks[e.id]
+		if ok {
+			r.idx.stored -= int64(old.length)
+			r.idx.raw -= int64(old.raw)
+		}
+		r.idx.chunks[e.id] = location{pack: slot, offset: e.offset, length: e.length, raw: e.raw, flags: e.flags}
+		r.idx.stored += int64(e.length)
+		r.idx.raw += int64(e.raw)
+	}
+	r.mu.Unlock()
+	return ip, nil
+}

@@ -1,0 +1,504 @@
+package repo
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/restic/chunker"
+	"go.uber.org/zap"
+
+	"github.com/backup-proxy/backup-proxy/repo/catalog"
+)
+
+// Re-exported catalogue types, so callers import only repo.
+type (
+	// Item is one item version of a restore point.
+	Item = catalog.Item
+	// RestorePoint is a committed restore point.
+	RestorePoint = catalog.RestorePoint
+	// RestorePointID names a restore point.
+	RestorePointID = catalog.RestorePointID
+	// Drive is one drive of a restore point.
+	Drive = catalog.Drive
+	// ListItemsRequest selects a page of items.
+	ListItemsRequest = catalog.ListItemsRequest
+	// ForgetPolicy selects restore points to keep.
+	ForgetPolicy = catalog.ForgetPolicy
+)
+
+// Repository is an open backup repository. It is safe for concurrent use by
+// several writer sessions, readers, Verify and Prune.
+type Repository struct {
+	dir  string
+	opts Options
+	fsys FS
+	log  *zap.Logger
+	cfg  config
+	seal *sealer
+	pol  chunker.Pol
+	cat  *catalog.Catalog
+	enc  *zstd.Encoder // nil with CompressionOff
+	dec  *zstd.Decoder
+	// slots are the chunk buffers of writes in flight: taking one is the
+	// permission to read a chunk, so write memory is bounded by
+	// cap(slots) × (8 MiB input + its encoded output) however many sessions
+	// and streams there are.
+	slots chan *slotBufs
+
+	chunkerPool sync.Pool // *chunker.Chunker, reused for its 512 KiB buffer
+
+	mu       sync.Mutex // guards the fields below
+	idx      *memIndex
+	sessions map[*Session]struct{}
+	inflight map[PackID]struct{}    // packs being renamed/indexed by writers
+	pruning  int                    // prunes running
+	retired  []map[ChunkID]struct{} // chunk sets of sessions that ended while a prune ran
+
+	maint  sync.RWMutex // Prune takes it exclusively, Verify shared
+	closed atomic.Bool
+}
+
+// slotBufs are the buffers one in-flight chunk uses.
+type slotBufs struct {
+	in  []byte // the chunk's plaintext, as the chunker cuts it
+	out []byte // its compressed and sealed form
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
+
+func getBuf(n int) *[]byte {
+	bp := bufPool.Get().(*[]byte)
+	if cap(*bp) < n {
+		*bp = make([]byte, 0, n)
+	}
+	*bp = (*bp)[:0]
+	return bp
+}
+
+func putBuf(bp *[]byte) {
+	if cap(*bp) > maxChunkSize+maxChunkSize/8+4096 {
+		return // do not keep oversized buffers alive
+	}
+	bufPool.Put(bp)
+}
+
+// Open opens the repository in dir (creating it when opts.Create is set and
+// there is none). Temp files left by a crashed writer are removed.
+func Open(dir string, opts Options) (*Repository, error) {
+	opts = opts.withDefaults()
+	if opts.KeyFile == "" {
+		opts.KeyFile = filepath.Join(dir, defaultKeyName)
+	}
+	r := &Repository{
+		dir: dir, opts: opts, fsys: opts.FS, log: opts.Logger.Named("repo"),
+		idx: newMemIndex(), sessions: map[*Session]struct{}{}, inflight: map[PackID]struct{}{},
+		slots: make(chan *slotBufs, opts.Workers+2),
+	}
+	for i := 0; i < cap(r.slots); i++ {
+		r.slots <- &slotBufs{} // buffers are allocated on first use
+	}
+	raw, err := readFile(r.fsys, filepath.Join(dir, configName))
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && opts.Create && !opts.ReadOnly:
+		if err := r.initialise(); err != nil {
+			return nil, fmt.Errorf("create repository %s: %w", dir, err)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("repository %s: no config: %w", dir, ErrNotFound)
+	case err != nil:
+		return nil, fmt.Errorf("repository %s: read config: %w", dir, err)
+	default:
+		if err := json.Unmarshal(raw, &r.cfg); err != nil || r.cfg.Version != configVersion {
+			return nil, fmt.Errorf("repository %s: config: %w", dir, ErrCorrupt)
+		}
+		var key []byte
+		if r.cfg.Encryption == encAESGCM {
+			if key, err = loadKey(r.fsys, opts.KeyFile); err != nil {
+				return nil, fmt.Errorf("repository %s: %w", dir, err)
+			}
+		}
+		if r.seal, err = newSealer(key); err != nil {
+			return nil, err
+		}
+		if r.pol, err = r.cfg.open(r.seal); err != nil {
+			return nil, fmt.Errorf("repository %s: %w", dir, err)
+		}
+	}
+	if err := r.setupCodecs(); err != nil {
+		return nil, err
+	}
+	r.cat, err = catalog.Open(filepath.Join(dir, "catalog.db"), catalog.Options{
+		Clock: opts.Clock, Logger: r.log, ReadOnly: opts.ReadOnly,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("repository %s: %w", dir, err)
+	}
+	if !opts.ReadOnly {
+		// We hold the catalogue's exclusive lock: no other writer exists,
+		// so every temp file is debris of a crash.
+		r.cleanTemp()
+	}
+	if _, err := r.loadIndex(context.Background()); err != nil {
+		_ = r.cat.Close()
+		return nil, fmt.Errorf("repository %s: %w", dir, err)
+	}
+	return r, nil
+}
+
+func (r *Repository) initialise() error {
+	o := r.opts
+	for _, d := range []string{"index", "tmp"} {
+		if err := r.fsys.MkdirAll(filepath.Join(r.dir, d), 0o700); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < 256; i++ {
+		if err := r.fsys.MkdirAll(filepath.Join(r.dir, "packs", fmt.Sprintf("%02x", i)), 0o700); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{filepath.Join(r.dir, "packs"), r.dir, filepath.Dir(r.dir)} {
+		if err := r.fsys.SyncDir(d); err != nil {
+			return fmt.Errorf("fsync %s: %w", d, err)
+		}
+	}
+	pol, err := chunker.RandomPolynomial()
+	if err != nil {
+		return err
+	}
+	id, err := newRandomID()
+	if err != nil {
+		return err
+	}
+	r.pol = pol
+	r.cfg = config{Version: configVersion, ID: id, Created: o.Clock().UTC()}
+	var key []byte
+	if o.DisableEncryption {
+		r.cfg.Encryption = encNone
+		r.cfg.Polynomial = fmt.Sprintf("%x", uint64(pol))
+	} else {
+		r.cfg.Encryption = encAESGCM
+		// A key left by an initialisation that crashed before the config
+		// was written protects nothing yet: reuse it.
+		key, err = loadKey(r.fsys, o.KeyFile)
+		if errors.Is(err, ErrNotFound) {
+			key, err = createKey(r.fsys, filepath.Join(r.dir, "tmp"), o.KeyFile)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if r.seal, err = newSealer(key); err != nil {
+		return err
+	}
+	if key != nil {
+		sp, _ := json.Marshal(secretParams{Polynomial: fmt.Sprintf("%x", uint64(pol)), ID: id})
+		sealed, err := r.seal.seal(nil, sp, aadConfig)
+		if err != nil {
+			return err
+		}
+		r.cfg.Sealed = hex.EncodeToString(sealed)
+	}
+	raw, _ := json.MarshalIndent(r.cfg, "", "  ")
+	// The config goes last: its presence is what makes the directory a repository.
+	return writeFileAtomic(r.fsys, filepath.Join(r.dir, "tmp"), r.dir, configName, raw)
+}
+
+func (r *Repository) setupCodecs() error {
+	level := zstd.SpeedFastest
+	if r.opts.Compression == CompressionDefault {
+		level = zstd.SpeedDefault
+	}
+	if r.opts.Compression != CompressionOff {
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(r.opts.Workers),
+			zstd.WithEncoderCRC(false), zstd.WithLowerEncoderMem(true))
+		if err != nil {
+			return fmt.Errorf("zstd encoder: %w", err)
+		}
+		r.enc = enc
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(r.opts.Workers), zstd.WithDecoderMaxMemory(maxChunkSize*2))
+	if err != nil {
+		return fmt.Errorf("zstd decoder: %w", err)
+	}
+	r.dec = dec
+	return nil
+}
+
+func (r *Repository) tmpDir() string { return filepath.Join(r.dir, "tmp") }
+
+func (r *Repository) cleanTemp() {
+	entries, err := r.fsys.ReadDir(r.tmpDir())
+	if err != nil {
+		r.log.Warn("list temp dir", zap.Error(err))
+		return
+	}
+	for _, e := range entries {
+		if err := r.fsys.Remove(filepath.Join(r.tmpDir(), e.Name())); err != nil {
+			r.log.Warn("remove temp file", zap.String("file", e.Name()), zap.Error(err))
+		}
+	}
+}
+
+// indexProblem is an index file that could not be loaded.
+type indexProblem struct {
+	name string
+	err  error
+}
+
+// loadIndex reads every index file into a fresh in-memory index. Damaged
+// index files are skipped (Verify reports them; their chunks then count as
+// missing) rather than making the repository unusable.
+func (r *Repository) loadIndex(ctx context.Context) ([]indexProblem, error) {
+	entries, err := r.fsys.ReadDir(filepath.Join(r.dir, "index"))
+	if err != nil {
+		return nil, fmt.Errorf("list index: %w", err)
+	}
+	idx := newMemIndex()
+	var problems []indexProblem
+	all := map[PackID]indexedPack{}
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		name := e.Name()
+		packs, err := r.readIndexFile(name)
+		if err != nil {
+			problems = append(problems, indexProblem{name, err})
+			r.log.Warn("index file unusable", zap.String("file", name), zap.Error(err))
+			continue
+		}
+		idx.addFile(name, packs)
+		for _, p := range packs {
+			if _, ok := all[p.id]; !ok {
+				all[p.id] = p
+			}
+		}
+	}
+	r.mu.Lock()
+	r.idx = idx
+	r.mu.Unlock()
+	if !r.opts.ReadOnly && len(problems) == 0 && len(idx.files) > compactIndexFiles {
+		if err := r.compactIndex(all); err != nil {
+			// Not fatal: the individual files are still valid.
+			r.log.Warn("compact index", zap.Error(err))
+		}
+	}
+	return problems, nil
+}
+
+// compactIndexFiles: above this many index files (writers add one per
+// pack), Open merges them into one so that opening stays fast.
+const compactIndexFiles = 256
+
+// compactIndex replaces all index files by one listing the same packs. It
+// runs at Open, before any writer exists: new file durable first, then the
+// old ones removed (a crash in between only leaves duplicates).
+func (r *Repository) compactIndex(all map[PackID]indexedPack) error {
+	packs := make([]indexedPack, 0, len(all))
+	for _, p := range all {
+		packs = append(packs, p)
+	}
+	sort.Slice(packs, func(i, j int) bool { return string(packs[i].id[:]) < string(packs[j].id[:]) })
+	data, name, err := encodeIndex(r.seal, packs)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(r.dir, "index")
+	if err := writeFileAtomic(r.fsys, r.tmpDir(), dir, name, data); err != nil {
+		return err
+	}
+	ids := make([]PackID, len(packs))
+	for i, p := range packs {
+		ids[i] = p.id
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for old := range r.idx.files {
+		if old == name {
+			continue
+		}
+		if err := r.fsys.Remove(indexPath(r.dir, old)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		delete(r.idx.files, old)
+	}
+	r.idx.files[name] = ids
+	return r.fsys.SyncDir(dir)
+}
+
+func (r *Repository) readIndexFile(name string) ([]indexedPack, error) {
+	var packs []indexedPack
+	err := retryTransient(func() error {
+		data, err := readFile(r.fsys, indexPath(r.dir, name))
+		if err != nil {
+			return err
+		}
+		packs, err = decodeIndex(r.seal, name, data)
+		return err
+	})
+	return packs, err
+}
+
+// retryTransient runs fn up to three times while it fails transiently.
+func retryTransient(fn func() error) error {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if err = fn(); err == nil || !isTransient(err) {
+			return err
+		}
+		time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
+	}
+	return err
+}
+
+// Close closes the repository. Sessions still open are aborted.
+func (r *Repository) Close() error {
+	if r.closed.Swap(true) {
+		return nil
+	}
+	r.mu.Lock()
+	var open []*Session
+	for s := range r.sessions {
+		open = append(open, s)
+	}
+	r.mu.Unlock()
+	for _, s := range open {
+		_ = s.Abort()
+	}
+	if r.enc != nil {
+		_ = r.enc.Close()
+	}
+	r.dec.Close()
+	return r.cat.Close()
+}
+
+func (r *Repository) check() error {
+	if r.closed.Load() {
+		return fmt.Errorf("repository: %w", ErrClosed)
+	}
+	return nil
+}
+
+// Stats is repository usage for GetAgentInfo.
+type Stats struct {
+	Packs        int   // pack files
+	IndexFiles   int   // index files
+	Chunks       int64 // distinct chunks
+	RawBytes     int64 // plaintext bytes of the distinct chunks
+	StoredBytes  int64 // their bytes after compression and encryption
+	CatalogBytes int64 // catalogue file size
+	BytesOnDisk  int64 // packs + index files + catalogue
+}
+
+// Stats returns usage figures from the in-memory index and the file sizes.
+func (r *Repository) Stats(ctx context.Context) (Stats, error) {
+	if err := r.check(); err != nil {
+		return Stats{}, err
+	}
+	r.mu.Lock()
+	st := Stats{Packs: r.idx.livePacks(), IndexFiles: len(r.idx.files), Chunks: int64(len(r.idx.chunks)), RawBytes: r.idx.raw, StoredBytes: r.idx.stored}
+	for _, p := range r.idx.packs {
+		if p.live {
+			st.BytesOnDisk += p.size
+		}
+	}
+	files := make([]string, 0, len(r.idx.files))
+	for name := range r.idx.files {
+		files = append(files, name)
+	}
+	r.mu.Unlock()
+	for _, name := range files {
+		if err := ctx.Err(); err != nil {
+			return Stats{}, err
+		}
+		if fi, err := r.fsys.Stat(indexPath(r.dir, name)); err == nil {
+			st.BytesOnDisk += fi.Size()
+		}
+	}
+	n, err := r.cat.Size()
+	if err != nil {
+		return Stats{}, fmt.Errorf("catalogue size: %w", err)
+	}
+	st.CatalogBytes = n
+	st.BytesOnDisk += n
+	return st, nil
+}
+
+// Dir returns the repository directory.
+func (r *Repository) Dir() string { return r.dir }
+
+// Encrypted reports whether the repository encrypts its data.
+func (r *Repository) Encrypted() bool { return r.seal.aead != nil }
+
+// ---- chunk codec ----
+
+// encodeChunk compresses (when that shrinks it) and seals plain into *out,
+// which it grows as needed, and returns the stored form (aliasing *out).
+func (r *Repository) encodeChunk(id ChunkID, plain []byte, out *[]byte) ([]byte, uint8, error) {
+	over := r.seal.overhead()
+	if need := len(plain) + len(plain)/64 + 1024 + over; cap(*out) < need {
+		// Sized for the largest chunk at once: regrowing per bigger chunk
+		// would leave garbage behind and raise peak memory.
+		*out = make([]byte, 0, max(need, maxChunkSize+maxChunkSize/64+1024+over))
+	}
+	buf := (*out)[:0]
+	if r.enc != nil && len(plain) >= 64 {
+		// Compress after room for the nonce so that sealing runs in place.
+		c := r.enc.EncodeAll(plain, buf[:nonceSize])
+		if cap(c) > cap(*out) {
+			*out = c[:0] // zstd grew it; keep the bigger buffer
+		}
+		if payload := c[nonceSize:]; len(payload) < len(plain)-len(plain)/64 { // keep it only if it saves over ~1.5 %
+			if r.seal.aead == nil {
+				return append(c[:0], payload...), flagZstd, nil
+			}
+			sealed, err := r.seal.seal(c[:0], payload, id[:])
+			return sealed, flagZstd, err
+		}
+		buf = (*out)[:0]
+	}
+	if r.seal.aead == nil {
+		return append(buf, plain...), 0, nil
+	}
+	sealed, err := r.seal.seal(buf, plain, id[:])
+	return sealed, 0, err
+}
+
+// decodeChunk opens stored (in place), decompresses into dst and checks the
+// plaintext hashes to id.
+func (r *Repository) decodeChunk(id ChunkID, loc location, stored, dst []byte) ([]byte, error) {
+	payload, err := r.seal.open(stored, id[:])
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	plain := payload
+	if loc.flags&flagZstd != 0 {
+		plain, err = r.dec.DecodeAll(payload, dst[:0])
+		if err != nil {
+			return nil, fmt.Errorf("chunk %s: decompress: %v: %w", id, err, ErrCorrupt)
+		}
+	} else {
+		plain = append(dst[:0], payload...)
+	}
+	if uint32(len(plain)) != loc.raw || sha256.Sum256(plain) != id {
+		return nil, fmt.Errorf("chunk %s: content does not hash to its id: %w", id, ErrCorrupt)
+	}
+	return plain, nil
+}
+
+func isPackName(name string) bool {
+	return len(name) == 64 && strings.Trim(name, "0123456789abcdef") == ""
+}
