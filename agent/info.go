@@ -9,6 +9,7 @@ import (
 
 	"github.com/backup-proxy/backup-proxy/internal/version"
 	pb "github.com/backup-proxy/backup-proxy/proto/backupproxy/v1"
+	"github.com/backup-proxy/backup-proxy/repo"
 )
 
 // JobCounter reports the job manager's load.
@@ -20,6 +21,12 @@ type JobCounter interface {
 // TenantLister lists the tenants with applications in the pool.
 type TenantLister interface {
 	Tenants() []string
+}
+
+// RepositoryStats reports the repository's usage.
+type RepositoryStats interface {
+	Dir() string
+	Stats(ctx context.Context) (repo.Stats, error)
 }
 
 // InfoConfig configures the AgentService.
@@ -35,6 +42,8 @@ type InfoConfig struct {
 	Jobs JobCounter
 	// Tenants is the application pool.
 	Tenants TenantLister
+	// Repository is the backup repository; nil leaves usage empty.
+	Repository RepositoryStats
 }
 
 // InfoService implements AgentService.
@@ -52,7 +61,7 @@ func NewInfoService(cfg InfoConfig) *InfoService {
 }
 
 // GetAgentInfo implements AgentService.GetAgentInfo.
-func (s *InfoService) GetAgentInfo(_ context.Context, _ *pb.GetAgentInfoRequest) (*pb.GetAgentInfoResponse, error) {
+func (s *InfoService) GetAgentInfo(ctx context.Context, _ *pb.GetAgentInfoRequest) (*pb.GetAgentInfoResponse, error) {
 	resp := &pb.GetAgentInfoResponse{
 		Version:   version.Version,
 		StartTime: timestamppb.New(s.cfg.Start),
@@ -69,6 +78,16 @@ func (s *InfoService) GetAgentInfo(_ context.Context, _ *pb.GetAgentInfoRequest)
 	}
 	if s.cfg.Tenants != nil {
 		resp.Tenants = s.cfg.Tenants.Tenants()
+	}
+	if s.cfg.Repository != nil {
+		st, err := s.cfg.Repository.Stats(ctx)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		resp.Repository = &pb.RepositoryUsage{
+			Path: s.cfg.Repository.Dir(), BytesOnDisk: st.BytesOnDisk, Chunks: st.Chunks,
+			Packs: int64(st.Packs), RestorePoints: int64(st.RestorePoints),
+		}
 	}
 	return resp, nil
 }

@@ -394,13 +394,14 @@ func (r *Repository) check() error {
 
 // Stats is repository usage for GetAgentInfo.
 type Stats struct {
-	Packs        int   // pack files
-	IndexFiles   int   // index files
-	Chunks       int64 // distinct chunks
-	RawBytes     int64 // plaintext bytes of the distinct chunks
-	StoredBytes  int64 // their bytes after compression and encryption
-	CatalogBytes int64 // catalogue file size
-	BytesOnDisk  int64 // packs + index files + catalogue
+	Packs         int   // pack files
+	IndexFiles    int   // index files
+	Chunks        int64 // distinct chunks
+	RawBytes      int64 // plaintext bytes of the distinct chunks
+	StoredBytes   int64 // their bytes after compression and encryption
+	CatalogBytes  int64 // catalogue file size
+	BytesOnDisk   int64 // packs + index files + catalogue
+	RestorePoints int   // committed restore points
 }
 
 // Stats returns usage figures from the in-memory index and the file sizes.
@@ -434,6 +435,9 @@ func (r *Repository) Stats(ctx context.Context) (Stats, error) {
 	}
 	st.CatalogBytes = n
 	st.BytesOnDisk += n
+	if st.RestorePoints, err = r.cat.CountRestorePoints(ctx); err != nil {
+		return Stats{}, err
+	}
 	return st, nil
 }
 

@@ -2,26 +2,24 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/backup-proxy/backup-proxy/agent"
 	"github.com/backup-proxy/backup-proxy/internal/version"
-	"github.com/backup-proxy/backup-proxy/pool"
+	"github.com/backup-proxy/backup-proxy/scheduler"
 )
 
 // serveConfig is the validated configuration of `serve`.
@@ -36,6 +34,10 @@ type serveConfig struct {
 	roots           *x509.CertPool // system roots plus --ca-file; nil when no --ca-file
 	maxJobs         int
 	maxQueuedJobs   int
+	downloadsPerJob int
+	tenantShare     float64
+	licenses        int
+	company         string
 	shutdownTimeout time.Duration
 }
 
@@ -59,6 +61,10 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.StringVar(&cfg.caFile, "ca-file", "", "PEM file of extra CA certificates to trust for Graph and Entra (e.g. a simulator's)")
 	fs.IntVar(&cfg.maxJobs, "max-jobs", 4, "backup jobs that may run at the same time")
 	fs.IntVar(&cfg.maxQueuedJobs, "max-queued-jobs", 100, "backup jobs that may wait for a slot; beyond this SubmitJob is refused")
+	fs.IntVar(&cfg.downloadsPerJob, "downloads-per-job", 8, "files one job downloads at once")
+	fs.Float64Var(&cfg.tenantShare, "tenant-share", 0.5, "share of each tenant's SharePoint resource budget backups may use; the rest is the production reserve (0 < F <= 1)")
+	fs.IntVar(&cfg.licenses, "licenses", 1000, "licence count of the tenants, which selects Microsoft's throttling tier")
+	fs.StringVar(&cfg.company, "company", "backup-proxy", "company name in the User-Agent: ISV|<company>|backup-proxy/<version>")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight RPCs may finish on shutdown")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -95,6 +101,18 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	}
 	if cfg.maxQueuedJobs < 0 {
 		return nil, fmt.Errorf("--max-queued-jobs: must not be negative, got %d", cfg.maxQueuedJobs)
+	}
+	if cfg.downloadsPerJob < 1 {
+		return nil, fmt.Errorf("--downloads-per-job: must be at least 1, got %d", cfg.downloadsPerJob)
+	}
+	if cfg.tenantShare <= 0 || cfg.tenantShare > 1 {
+		return nil, fmt.Errorf("--tenant-share: must be in (0, 1], got %v", cfg.tenantShare)
+	}
+	if cfg.licenses < 0 {
+		return nil, fmt.Errorf("--licenses: must not be negative, got %d", cfg.licenses)
+	}
+	if strings.ContainsAny(cfg.company, "|\r\n") || cfg.company == "" {
+		return nil, fmt.Errorf("--company: %q must be non-empty without '|' or line breaks", cfg.company)
 	}
 	if cfg.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout: must be positive, got %v", cfg.shutdownTimeout)
@@ -177,8 +195,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) int {
 	return serve(ctx, cfg, lis, log)
 }
 
-// serve runs the gRPC server on lis until ctx is done, then shuts it down
-// gracefully within cfg.shutdownTimeout.
+// serve assembles the agent, runs the gRPC server on lis until ctx is done,
+// then shuts it down gracefully within cfg.shutdownTimeout.
 func serve(ctx context.Context, cfg *serveConfig, lis net.Listener, log *zap.Logger) int {
 	log.Info("starting backup-proxy",
 		zap.String("version", version.Version),
@@ -187,53 +205,58 @@ func serve(ctx context.Context, cfg *serveConfig, lis net.Listener, log *zap.Log
 		zap.Stringer("login_url", cfg.loginURL),
 		zap.String("ca_file", cfg.caFile),
 	)
-	microsoft := &http.Client{Transport: &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		TLSClientConfig:     &tls.Config{RootCAs: cfg.roots, MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout: 10 * time.Second,
-		MaxIdleConnsPerHost: 64,
-	}}
-	apps, err := pool.Open(log, pool.Config{
-		Dir:        filepath.Join(cfg.dataDir, "pool"),
-		LoginURL:   cfg.loginURL.String(),
-		HTTPClient: microsoft,
-	})
+	a, err := assemble(log, cfg.agentConfig())
 	if err != nil {
-		log.Error("cannot open the application pool", zap.Error(err))
+		log.Error("cannot start", zap.Error(err))
 		return exitFailure
 	}
-	srv := agent.NewServer(log, agent.DefaultLimits(), agent.Services{
-		Agent: agent.NewInfoService(agent.InfoConfig{
-			Start:             time.Now(),
-			MaxConcurrentJobs: cfg.maxJobs,
-			MaxQueuedJobs:     cfg.maxQueuedJobs,
-			Tenants:           apps,
-		}),
-		Pool: agent.NewPoolService(apps, nil),
-	})
-
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(lis) }()
+	go func() { serveErr <- a.server.Serve(lis) }()
 
+	code := exitOK
 	select {
 	case err := <-serveErr:
 		log.Error("gRPC server failed", zap.Error(err))
-		return exitFailure
+		code = exitFailure
 	case <-ctx.Done():
+		log.Info("shutting down", zap.Duration("deadline", cfg.shutdownTimeout))
 	}
-	log.Info("shutting down", zap.Duration("deadline", cfg.shutdownTimeout))
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	if err := a.server.Shutdown(sctx); err != nil {
 		log.Warn("shutdown was not graceful", zap.Error(err))
-		return exitForcedShutdown
+		code = max(code, exitForcedShutdown)
 	}
-	if err := <-serveErr; err != nil {
-		log.Error("gRPC server failed", zap.Error(err))
-		return exitFailure
+	if code == exitOK {
+		if err := <-serveErr; err != nil {
+			log.Error("gRPC server failed", zap.Error(err))
+			code = exitFailure
+		}
 	}
-	log.Info("stopped")
-	return exitOK
+	// Running jobs are interrupted here; they resume after the next start.
+	if err := a.close(sctx); err != nil {
+		log.Error("closing", zap.Error(err))
+		code = max(code, exitFailure)
+	}
+	log.Info("stopped", zap.Int("exit_code", code))
+	return code
+}
+
+func (c *serveConfig) agentConfig() agentConfig {
+	return agentConfig{
+		dataDir:         c.dataDir,
+		graphURL:        c.graphURL.String(),
+		loginURL:        c.loginURL.String(),
+		roots:           c.roots,
+		maxJobs:         c.maxJobs,
+		maxQueuedJobs:   c.maxQueuedJobs,
+		downloadsPerJob: c.downloadsPerJob,
+		scheduler: scheduler.Config{
+			Company:     c.company,
+			TenantShare: c.tenantShare,
+			Limits:      scheduler.LimitsForLicenses(c.licenses),
+		},
+	}
 }
 
 // lockDataDir creates the data directory (0700: it will hold private keys)

@@ -709,6 +709,16 @@ func (c *Catalog) ListRestorePoints(ctx context.Context, tenant, source string) 
 	return out, err
 }
 
+// CountRestorePoints returns the number of committed restore points.
+func (c *Catalog) CountRestorePoints(ctx context.Context) (int, error) {
+	n := 0
+	err := c.view(ctx, func(tx *bolt.Tx) error {
+		n = tx.Bucket(bktRPs).Stats().KeyN
+		return nil
+	})
+	return n, err
+}
+
 func rpLess(a, b RestorePointID) bool {
 	x, _ := parseRPID(a)
 	y, _ := parseRPID(b)

@@ -48,6 +48,7 @@ type txnDrive struct {
 	bytes     int64
 	removed   bool
 	touched   bool
+	changed   bool // items were put or deleted: a reset can no longer hide them
 }
 
 type opKind int
@@ -185,9 +186,11 @@ func (t *Txn) Put(ctx context.Context, item Item) error {
 	if err := t.check(); err != nil {
 		return err
 	}
-	if _, err := t.drive(item.DriveID); err != nil {
+	d, err := t.drive(item.DriveID)
+	if err != nil {
 		return err
 	}
+	d.changed = true
 	item.Chunks = append([]ChunkID(nil), item.Chunks...)
 	t.ops = append(t.ops, op{kind: opPut, item: item})
 	return t.maybeFlush(ctx)
@@ -224,9 +227,11 @@ func (t *Txn) Delete(ctx context.Context, driveID, itemID string) error {
 	if err := t.check(); err != nil {
 		return err
 	}
-	if _, err := t.drive(driveID); err != nil {
+	d, err := t.drive(driveID)
+	if err != nil {
 		return err
 	}
+	d.changed = true
 	t.ops = append(t.ops, op{kind: opDelete, item: Item{DriveID: driveID, ItemID: itemID}})
 	return t.maybeFlush(ctx)
 }
@@ -252,7 +257,8 @@ func (t *Txn) SetDeltaLink(driveID, link string) error {
 
 // ResetDrive makes driveID start empty in this restore point (a full re-crawl
 // of one drive, e.g. after the deltaLink expired): nothing of the base's
-// drive is inherited. It must come before any change to that drive.
+// drive is inherited. It must come before any item of that drive is put or
+// deleted (a second reset, or one after SetDeltaLink, is fine).
 func (t *Txn) ResetDrive(driveID string) error {
 	if err := validName("drive id", driveID, false); err != nil {
 		return err
@@ -262,7 +268,7 @@ func (t *Txn) ResetDrive(driveID string) error {
 	if err := t.check(); err != nil {
 		return err
 	}
-	if d, ok := t.drives[driveID]; ok && (d.touched || d.removed) {
+	if d, ok := t.drives[driveID]; ok && (d.changed || d.removed) {
 		return fmt.Errorf("reset of drive %s after changes to it: %w", driveID, ErrInvalidArgument)
 	}
 	t.drives[driveID] = &txnDrive{since: t.seq, touched: true}

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/backup-proxy/backup-proxy/agent"
+	"github.com/backup-proxy/backup-proxy/agent/backup"
+	"github.com/backup-proxy/backup-proxy/agent/jobs"
+	"github.com/backup-proxy/backup-proxy/pool"
+	"github.com/backup-proxy/backup-proxy/repo"
+	"github.com/backup-proxy/backup-proxy/scheduler"
+)
+
+// agentConfig is what assembling an agent needs; serve fills it from flags,
+// demo and tests from their own settings.
+type agentConfig struct {
+	dataDir         string
+	graphURL        string
+	loginURL        string
+	roots           *x509.CertPool // nil: system roots
+	maxJobs         int
+	maxQueuedJobs   int
+	downloadsPerJob int
+	scheduler       scheduler.Config
+}
+
+// assembled is a running agent's parts.
+type assembled struct {
+	log     *zap.Logger
+	pool    *pool.Pool
+	repo    *repo.Repository
+	tenants *backup.Tenants
+	jobs    *jobs.Manager
+	server  *agent.Server
+}
+
+// assemble opens the data directory's pool, repository and job database and
+// wires them to the gRPC services. The caller serves a.server and calls close.
+func assemble(log *zap.Logger, cfg agentConfig) (*assembled, error) {
+	a := &assembled{log: log}
+	ok := false
+	defer func() {
+		if !ok {
+			a.close(context.Background())
+		}
+	}()
+
+	transport := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		TLSClientConfig:     &tls.Config{RootCAs: cfg.roots, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	var err error
+	a.pool, err = pool.Open(log, pool.Config{
+		Dir:        filepath.Join(cfg.dataDir, "pool"),
+		LoginURL:   cfg.loginURL,
+		HTTPClient: &http.Client{Transport: transport, Timeout: time.Minute},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("application pool: %w", err)
+	}
+	repoDir := filepath.Join(cfg.dataDir, "repository")
+	a.repo, err = repo.Open(repoDir, repo.Options{Logger: log.Named("repo")})
+	if errors.Is(err, repo.ErrNotFound) {
+		a.repo, err = repo.Open(repoDir, repo.Options{Create: true, Logger: log.Named("repo")})
+		if err == nil {
+			log.Info("repository created", zap.String("path", repoDir), zap.Bool("encrypted", a.repo.Encrypted()))
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("repository: %w", err)
+	}
+	a.tenants = backup.NewTenants(log.Named("scheduler"), a.pool, backup.TenantsConfig{
+		GraphURL: cfg.graphURL, Transport: transport, Scheduler: cfg.scheduler,
+	})
+	engine := backup.New(log, backup.Config{Downloads: cfg.downloadsPerJob}, a.repo, a.tenants)
+	a.jobs, err = jobs.Open(log, jobs.Config{
+		Path:        filepath.Join(cfg.dataDir, "jobs.db"),
+		MaxRunning:  cfg.maxJobs,
+		MaxQueued:   cfg.maxQueuedJobs,
+		Runner:      engine,
+		CheckTenant: a.tenants.CheckTenant,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jobs: %w", err)
+	}
+	a.server = agent.NewServer(log, agent.DefaultLimits(), agent.Services{
+		Agent: agent.NewInfoService(agent.InfoConfig{
+			Start:             time.Now(),
+			MaxConcurrentJobs: cfg.maxJobs,
+			MaxQueuedJobs:     cfg.maxQueuedJobs,
+			Jobs:              a.jobs,
+			Tenants:           a.pool,
+			Repository:        a.repo,
+		}),
+		Pool:    agent.NewPoolService(a.pool, a.jobs, a.tenants, a.tenants),
+		Job:     agent.NewJobService(a.jobs),
+		Catalog: agent.NewCatalogService(a.repo, backup.SourceKey),
+	})
+	ok = true
+	return a, nil
+}
+
+// close stops the jobs (they resume after a restart) and closes the stores.
+func (a *assembled) close(ctx context.Context) error {
+	var errs []error
+	if a.jobs != nil {
+		errs = append(errs, a.jobs.Close(ctx))
+	}
+	if a.repo != nil {
+		errs = append(errs, a.repo.Close())
+	}
+	return errors.Join(errs...)
+}
