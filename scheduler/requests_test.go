@@ -175,6 +175,10 @@ func TestTransientErrorsRetriedOnAnotherAppWithBody(t *testing.T) {
 	}{
 		{"500", func(r *http.Request) (*http.Response, error) { return respond(r, 500, nil), nil }},
 		{"503 without Retry-After", func(r *http.Request) (*http.Response, error) { return respond(r, 503, nil), nil }},
+		{"500 with RateLimit headers", func(r *http.Request) (*http.Response, error) {
+			// Near the budget every answer carries them; a 500 is still a 500.
+			return respond(r, 500, nil, "RateLimit-Limit", "1250", "RateLimit-Remaining", "200", "RateLimit-Reset", "3"), nil
+		}},
 		{"connection reset", func(r *http.Request) (*http.Response, error) {
 			return nil, errors.New("read tcp: connection reset by peer")
 		}},

@@ -459,18 +459,23 @@ func (s *Scheduler) observe(g *grant, status int, h http.Header, known bool) ver
 	_, hasRA := h[hRetryAfter]
 	throttled := status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable && hasRA
 	rl, hasRL := s.rateLimitHeaders(h)
+	v := vOK
+	switch {
+	case throttled:
+		v = vThrottled
+	case status == http.StatusInternalServerError || status == http.StatusBadGateway ||
+		status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout:
+		v = vTransient
+	}
 	s.mu.Lock()
 	now := s.clock.Now()
 	ns := s.ns(now)
 	s.restampLocked(ns, g)
 	if !throttled && !hasRL {
 		s.mu.Unlock()
-		switch status {
-		case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-			return vTransient
-		}
-		return vOK
+		return v
 	}
+	v = vOK // the old behaviour
 	var ev throttleEvent
 	if hasRL && known {
 		ev.shared = s.rateLimitLocked(now, ns, g, rl)
@@ -481,10 +486,7 @@ func (s *Scheduler) observe(g *grant, status int, h http.Header, known bool) ver
 	}
 	s.mu.Unlock()
 	ev.log(s.log)
-	if throttled {
-		return vThrottled
-	}
-	return vOK
+	return v
 }
 
 // restampLocked moves g's charge to now, when its response arrived. The

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -442,5 +443,55 @@ func TestMalwareAndUnprovisionedOneDrive(t *testing.T) {
 		if j.State != pb.JobState_JOB_STATE_PARTIALLY_SUCCEEDED || !slices.Equal(flagged, listed) || j.RestorePointId == "" {
 			t.Errorf("%s: state %v, failed %v, want %v", s.name, j.State, listed, flagged)
 		}
+	}
+}
+
+// TestCreateApplications registers two applications in the simulated Entra
+// through the organization app, and uses their tokens against Graph.
+func TestCreateApplications(t *testing.T) {
+	e := newE2E(t, graphsim.Options{Seed: 14, Users: 1, Sites: 1, FilesPerDrive: 5, Apps: 1}, t.TempDir())
+	tenant := e.sim.Tenant().ID
+	if _, err := e.pool.CreateApplication(t.Context(), &pb.CreateApplicationRequest{TenantId: tenant, Count: 1}); err == nil {
+		t.Fatal("CreateApplication without an organization app succeeded")
+	}
+	e.addApps()
+	resp, err := e.pool.CreateApplication(t.Context(), &pb.CreateApplicationRequest{TenantId: tenant, DisplayName: "backup pool", Count: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Applications) != 2 {
+		t.Fatalf("created %d applications", len(resp.Applications))
+	}
+	registered := map[string]bool{}
+	for _, app := range e.sim.Tenant().Apps {
+		registered[app.ClientID] = true
+	}
+	for _, app := range resp.Applications {
+		if !registered[app.ClientId] || app.State != pb.ApplicationState_APPLICATION_STATE_READY || app.OrganizationApp ||
+			!strings.HasPrefix(app.DisplayName, "backup pool ") || len(app.Thumbprint) != 40 {
+			t.Errorf("created %v", app)
+		}
+		a, err := e.agent.pool.App(tenant, app.ClientId)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := a.Token(t.Context())
+		if err != nil {
+			t.Fatalf("token of created app: %v", err)
+		}
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.sim.GraphURL()+"/v1.0/sites?search=*", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		res, err := e.sim.HTTPClient().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Errorf("Graph with the created app's token: %s (consent missing?)", res.Status)
+		}
+	}
+	list, err := e.pool.ListApplications(t.Context(), &pb.ListApplicationsRequest{TenantId: tenant})
+	if err != nil || len(list.Applications) != 3 {
+		t.Fatalf("list after create: %v, %v", list, err)
 	}
 }

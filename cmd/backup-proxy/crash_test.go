@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/backup-proxy/backup-proxy/graphsim"
+	pb "github.com/backup-proxy/backup-proxy/proto/backupproxy/v1"
+)
+
+// childArgs, when set, makes the test binary run backup-proxy with these
+// (JSON-encoded) arguments instead of the tests: the crash test's agent is a
+// real process that can be SIGKILLed.
+const childArgs = "BACKUP_PROXY_TEST_CHILD_ARGS"
+
+func TestMain(m *testing.M) {
+	if raw := os.Getenv(childArgs); raw != "" {
+		var args []string
+		if err := json.Unmarshal([]byte(raw), &args); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(exitUsage)
+		}
+		main2(args)
+	}
+	os.Exit(m.Run())
+}
+
+// main2 is main with given arguments.
+func main2(args []string) {
+	os.Args = append([]string{"backup-proxy"}, args...)
+	main()
+}
+
+var servingAt = regexp.MustCompile(`"msg":"serving","address":"([^"]+)"`)
+
+// startChild starts an agent process and returns it with its gRPC address.
+func startChild(t *testing.T, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	raw, _ := json.Marshal(args)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childArgs+"="+string(raw))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		sent := false
+		for sc.Scan() {
+			if m := servingAt.FindStringSubmatch(sc.Text()); m != nil && !sent {
+				addr <- m[1]
+				sent = true
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		return cmd, a
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent did not start serving within 30s")
+	}
+	return nil, ""
+}
+
+// TestAgentKilledMidJobResumes SIGKILLs a real agent process in the middle
+// of a backup, starts it again on the same data directory and expects the
+// job to finish with exactly the tenant's content, once, and a clean verify.
+func TestAgentKilledMidJobResumes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts agent processes")
+	}
+	sim, err := graphsim.New(graphsim.Options{
+		Seed: 21, Users: 1, Sites: 0, FilesPerDrive: 400, Apps: 1, MaxFileSize: 256 << 10,
+		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1},
+		Latency: 5 * time.Millisecond, // long enough a job to kill it in the middle
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, sim.CACertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"serve", "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",
+		"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", caFile,
+		"--licenses", "100000", "--downloads-per-job", "2"}
+
+	child, addr := startChild(t, args...)
+	e := &e2e{t: t, sim: sim}
+	connect := func(addr string) {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		e.conn, e.pool, e.jobs, e.catalog = conn, pb.NewPoolServiceClient(conn), pb.NewJobServiceClient(conn), pb.NewCatalogServiceClient(conn)
+	}
+	connect(addr)
+	e.addApps()
+	src := e.sources()[0]
+	req := &pb.SubmitJobRequest{JobId: "crash-1", TenantId: sim.Tenant().ID}
+	src.submit(req)
+	if _, err := e.jobs.SubmitJob(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	// Kill it once a good part, but not all, of the files are stored.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := e.jobs.GetJob(t.Context(), &pb.GetJobRequest{JobId: "crash-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Job.State != pb.JobState_JOB_STATE_RUNNING && resp.Job.State != pb.JobState_JOB_STATE_QUEUED {
+			t.Fatalf("the job ended before the kill: %v", resp.Job)
+		}
+		if resp.Job.Progress.ItemsBackedUp >= 120 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress: %v", resp.Job)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a real process: there is no clock to inject
+	}
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	child.Wait()
+
+	_, addr = startChild(t, args...)
+	connect(addr)
+	final := e.wait("crash-1")
+	if final.State != pb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("after restart: %v", final)
+	}
+	rps, err := e.catalog.ListRestorePoints(t.Context(), &pb.ListRestorePointsRequest{TenantId: sim.Tenant().ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rps.RestorePoints) != 1 || rps.RestorePoints[0].RestorePointId != final.RestorePointId || rps.RestorePoints[0].JobId != "crash-1" {
+		t.Fatalf("restore points after the crash: %v", rps.RestorePoints)
+	}
+	e.checkAgainstTenant(final.RestorePointId, src.drives, true)
+	verify, err := e.catalog.VerifyRepository(t.Context(), &pb.VerifyRepositoryRequest{ReadData: true})
+	if err != nil || len(verify.Errors) != 0 {
+		t.Fatalf("verify after the crash: %v, %v", verify, err)
+	}
+	info, err := pb.NewAgentServiceClient(e.conn).GetAgentInfo(context.Background(), &pb.GetAgentInfoRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after the crash: %d chunks in %d packs, %d bytes on disk", info.Repository.Chunks, info.Repository.Packs, info.Repository.BytesOnDisk)
+	if !strings.HasSuffix(info.Repository.Path, "repository") {
+		t.Errorf("repository path %q", info.Repository.Path)
+	}
+}
