@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"container/heap"
+	"context"
 	"sync"
 	"time"
 )
@@ -74,18 +75,21 @@ func (c *ScaledClock) Scale() float64 { return c.factor * scaleOf(c.base) }
 // Advance, in deadline order, with Now reading each timer's deadline while
 // its function runs. It is safe for concurrent use.
 type FakeClock struct {
-	mu     sync.Mutex
-	cond   *sync.Cond
-	now    time.Time
-	timers fakeTimers
-	seq    uint64
+	mu      sync.Mutex
+	now     time.Time
+	timers  fakeTimers
+	seq     uint64
+	changed chan struct{} // closed and replaced when the timers change
 }
 
 // NewFakeClock returns a FakeClock reading t.
 func NewFakeClock(t time.Time) *FakeClock {
-	c := &FakeClock{now: t}
-	c.cond = sync.NewCond(&c.mu)
-	return c
+	return &FakeClock{now: t, changed: make(chan struct{})}
+}
+
+func (c *FakeClock) notifyLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
 }
 
 // Now returns the clock's time.
@@ -104,7 +108,7 @@ func (c *FakeClock) AfterFunc(d time.Duration, f func()) func() bool {
 	c.seq++
 	t := &fakeTimer{at: c.now.Add(max(d, 0)), seq: c.seq, f: f, index: -1}
 	heap.Push(&c.timers, t)
-	c.cond.Broadcast()
+	c.notifyLocked()
 	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -112,7 +116,7 @@ func (c *FakeClock) AfterFunc(d time.Duration, f func()) func() bool {
 			return false
 		}
 		heap.Remove(&c.timers, t.index)
-		c.cond.Broadcast()
+		c.notifyLocked()
 		return true
 	}
 }
@@ -126,7 +130,7 @@ func (c *FakeClock) Advance(d time.Duration) {
 		if t.at.After(c.now) {
 			c.now = t.at
 		}
-		c.cond.Broadcast()
+		c.notifyLocked()
 		c.mu.Unlock()
 		t.f()
 		c.mu.Lock()
@@ -156,11 +160,22 @@ func (c *FakeClock) Next() (time.Time, bool) {
 
 // BlockUntil waits until at least n timers are pending: a test's way of
 // knowing that a goroutine has started to wait on this clock.
-func (c *FakeClock) BlockUntil(n int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for len(c.timers) < n {
-		c.cond.Wait()
+func (c *FakeClock) BlockUntil(n int) { _ = c.BlockUntilContext(context.Background(), n) }
+
+// BlockUntilContext is BlockUntil that gives up when ctx ends.
+func (c *FakeClock) BlockUntilContext(ctx context.Context, n int) error {
+	for {
+		c.mu.Lock()
+		pending, changed := len(c.timers), c.changed
+		c.mu.Unlock()
+		if pending >= n {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 

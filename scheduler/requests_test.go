@@ -156,12 +156,20 @@ type trackedBody struct {
 func (b trackedBody) Close() error { b.closed.Add(1); return nil }
 
 // runAdvancing runs f in a goroutine and advances the clock to each timer
-// it waits on, steps times.
+// it waits on, steps times. If f returns before it waited steps times, that
+// is an error.
 func runAdvancing(clock *FakeClock, steps int, f func() error) error {
 	done := make(chan error, 1)
-	go func() { done <- f() }()
-	for range steps {
-		clock.BlockUntil(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		err := f()
+		cancel()
+		done <- err
+	}()
+	for i := range steps {
+		if clock.BlockUntilContext(ctx, 1) != nil {
+			return fmt.Errorf("returned after %d waits, want %d: %v", i, steps, <-done)
+		}
 		at, _ := clock.Next()
 		clock.Advance(at.Sub(clock.Now()))
 	}

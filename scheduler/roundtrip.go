@@ -202,6 +202,7 @@ func (s *Scheduler) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		attempt++
 		resp, out, reason, err := s.exchange(ctx, req, rq, &g, token)
+		s.settle(&g) // paths without a response (connection errors) end here
 		switch out {
 		case outDone:
 			return resp, nil
@@ -471,11 +472,11 @@ func (s *Scheduler) observe(g *grant, status int, h http.Header, known bool) ver
 	now := s.clock.Now()
 	ns := s.ns(now)
 	s.restampLocked(ns, g)
+	s.settleLocked(g, g.inflight) // answered: the server has counted it
 	if !throttled && !hasRL {
 		s.mu.Unlock()
 		return v
 	}
-	v = vOK // the old behaviour
 	var ev throttleEvent
 	if hasRL && known {
 		ev.shared = s.rateLimitLocked(now, ns, g, rl)
@@ -508,7 +509,10 @@ func (s *Scheduler) restampLocked(now int64, g *grant) {
 // its minute budget). It reports whether they made the scheduler switch to
 // one combined budget.
 //
-// The server's count for the app's bucket is limit-remaining. If it is
+// The server's count for the app's bucket is limit-remaining. Of our own
+// requests it has counted at least those answered already; requests still
+// in flight may reach it later (even ones sent before this one), so they
+// are left out of our side of the comparison. If the server's count is
 // clearly more than this app sent itself and the other apps' traffic
 // explains the difference, the apps share one bucket. If only 10 % or less
 // remains and the server counts more than we account for, the excess is
@@ -517,11 +521,8 @@ func (s *Scheduler) restampLocked(now int64, g *grant) {
 func (s *Scheduler) rateLimitLocked(now time.Time, ns int64, g *grant, rl rateLimit) bool {
 	a := g.app
 	serverUsed := rl.limit - rl.remaining
-	// Our counts as the server saw them: without what we sent after this
-	// request, which reached the server after its answer was computed.
-	since, allSince := a.charged-g.appCharged, s.charged-g.allCharged
-	own := max(a.b.win.used(ns)-since, 0)
-	all := max(s.combined.win.used(ns)-allSince, 0)
+	own := max(a.b.win.used(ns)-a.inflight, 0)
+	all := max(s.combined.win.used(ns)-s.inflight, 0)
 	tol := max(rl.limit/20, 10)
 	entered := false
 	if len(s.apps) > 1 {
@@ -551,16 +552,16 @@ func (s *Scheduler) rateLimitLocked(now time.Time, ns int64, g *grant, rl rateLi
 		// (an older tier, a QuotaMultiplier): adopt it.
 		a.b.setCap(now, rl.limit, a.b.capDay)
 	}
-	if rl.remaining*10 <= rl.limit {
-		// From now on the bucket holds our current count plus ext: the
-		// app may send remaining minus what it sent since, until reset.
-		b, model := a.b, own
-		if s.shared {
-			b, model = s.combined, all
-		}
-		if ext := serverUsed - model; ext > 0 {
-			b.ext, b.extUntil = ext, now.Add(max(rl.reset, s.cfg.HeaderSecond))
-		}
+	b, model := a.b, own
+	if s.shared {
+		b, model = s.combined, all
+	}
+	if ext := serverUsed - model; rl.remaining*10 <= rl.limit && ext > 0 {
+		// From now on the bucket holds our current count plus ext: the app
+		// may send what remains, less what is in flight, until the reset.
+		b.ext, b.extUntil = ext, now.Add(max(rl.reset, s.cfg.HeaderSecond))
+	} else {
+		b.ext = 0 // the latest word replaces an older one
 	}
 	return entered
 }

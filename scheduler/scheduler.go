@@ -4,6 +4,17 @@
 // the combined budget allow the request, attaches the app's token, and
 // reads Microsoft's throttling signals to adapt. A *Scheduler is an
 // http.RoundTripper, so msgraph-sdk-go and plain downloads use it alike.
+//
+// Budgets are sliding windows that mirror SharePoint's (the guarantee)
+// paced by rate.Limiters (the smoothing), in resource units per request
+// class (Cost). Signals: 429/503 with Retry-After cool the app down for
+// max(Retry-After, RateLimit-Reset); one without RateLimit headers pauses
+// the tenant; RateLimit headers that count more than an app sent reveal a
+// shared bucket (then all apps are held to one budget) or, with 10 % or
+// less remaining, usage we do not see (then the app sends at most what
+// remains until the reset). Throttling halves the budget's rate, which
+// grows back over 100 s. Waiting requests are served round-robin across
+// jobs (WithJob), metadata before downloads.
 package scheduler
 
 import (
@@ -202,7 +213,7 @@ type appState struct {
 	streak        int // throttles in a row, for a Retry-After-less 429
 
 	requests, t429, t503 int64
-	charged              int64 // RU ever charged, to tell what was sent after a given grant
+	inflight             int64 // RU sent and not answered yet
 }
 
 func (a *appState) cool(now, until time.Time) {
@@ -223,10 +234,10 @@ type grant struct {
 	at     time.Time
 	ns     int64
 	ru     int
-	// The app's and all apps' charge counters just after this grant: what
-	// was charged since is what the server had not seen yet when it
-	// answered this request.
-	appCharged, allCharged int64
+	// inflight is the part of ru counted in flight: charged, not answered.
+	// The grant belongs to one goroutine; the counters it adjusts are
+	// under the scheduler's lock.
+	inflight int
 }
 
 // Scheduler schedules one tenant's Graph traffic. It is safe for concurrent
@@ -267,7 +278,7 @@ type Scheduler struct {
 	timerGen  uint64
 
 	jobs                                                 map[string]*jobCounters
-	charged                                              int64 // RU ever charged, all apps
+	inflight                                             int64 // RU sent and not answered yet, all apps
 	requests, attempts, retries, failed, throttled, viol int64
 }
 
@@ -461,13 +472,15 @@ func (s *Scheduler) chargeLocked(now time.Time, ns int64, a *appState, cost int,
 	a.b.charge(now, ns, cost)
 	s.tenant.charge(now, ns, cost)
 	s.combined.charge(now, ns, cost)
-	a.charged += int64(cost)
-	s.charged += int64(cost)
-	return grant{app: a, client: a.app, job: job, at: now, ns: ns, ru: cost, appCharged: a.charged, allCharged: s.charged}
+	a.inflight += int64(cost)
+	s.inflight += int64(cost)
+	return grant{app: a, client: a.app, job: job, at: now, ns: ns, ru: cost, inflight: cost}
 }
 
 // refund takes back ru of g's charge: RU reserved for a request that was
 // not sent (token failure, a redirect that did not happen).
+//
+// It is also how in-flight accounting ends on paths without a response.
 func (s *Scheduler) refund(g *grant, ru int) {
 	if ru <= 0 {
 		return
@@ -478,10 +491,27 @@ func (s *Scheduler) refund(g *grant, ru int) {
 	g.app.b.refund(now, g.ns, ru)
 	s.tenant.refund(now, g.ns, ru)
 	s.combined.refund(now, g.ns, ru)
-	g.app.charged -= int64(ru)
-	s.charged -= int64(ru)
+	s.settleLocked(g, ru)
 	g.ru -= ru
 	s.dispatchLocked(s.clock.Now())
+}
+
+// settleLocked ends up to ru of g's in-flight accounting.
+func (s *Scheduler) settleLocked(g *grant, ru int) {
+	r := min(ru, g.inflight)
+	g.app.inflight -= int64(r)
+	s.inflight -= int64(r)
+	g.inflight -= r
+}
+
+// settle ends g's in-flight accounting: the attempt is over.
+func (s *Scheduler) settle(g *grant) {
+	if g.inflight == 0 {
+		return
+	}
+	s.mu.Lock()
+	s.settleLocked(g, g.inflight)
+	s.mu.Unlock()
 }
 
 // acquire waits for a slot for a request of cost RU. retry puts the request
@@ -677,6 +707,12 @@ func (s *Scheduler) beginSend(g *grant, attempt int) bool {
 		return false
 	}
 	a.requests++
+	if attempt == 0 && g.ru > g.inflight {
+		// The download after a redirect: its RU is in flight again.
+		g.inflight++
+		a.inflight++
+		s.inflight++
+	}
 	if attempt > 0 {
 		s.attempts++
 		s.jobLocked(g.job).attempts++

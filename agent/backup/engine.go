@@ -27,6 +27,7 @@ import (
 type Clients interface {
 	Client(ctx context.Context, tenantID string) (*graph.Client, error)
 	JobStats(tenantID, jobID string) scheduler.JobStats
+	ForgetJob(tenantID, jobID string)
 }
 
 // Config configures an Engine.
@@ -78,7 +79,10 @@ func (e *Engine) Run(ctx context.Context, spec jobs.Spec, t *jobs.Tracker) (jobs
 	// job's throttled requests, which the job reports as it goes.
 	ctx = scheduler.WithJob(ctx, spec.ID)
 	stopThrottled := e.reportThrottled(spec, t)
-	defer stopThrottled()
+	defer func() {
+		stopThrottled()
+		e.clients.ForgetJob(spec.TenantID, spec.ID)
+	}()
 	source := SourceKey(spec.Source)
 
 	var (

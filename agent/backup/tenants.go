@@ -98,6 +98,16 @@ func (t *Tenants) JobStats(tenantID, jobID string) scheduler.JobStats {
 	return tc.Scheduler.JobStats(jobID)
 }
 
+// ForgetJob drops the scheduler's counters of an ended job.
+func (t *Tenants) ForgetJob(tenantID, jobID string) {
+	t.mu.Lock()
+	tc, ok := t.m[tenantID]
+	t.mu.Unlock()
+	if ok {
+		tc.Scheduler.ForgetJob(jobID)
+	}
+}
+
 // TenantStats returns the statistics of a tenant's scheduler, if it is in use.
 func (t *Tenants) TenantStats(tenantID string) (scheduler.TenantStats, bool) {
 	t.mu.Lock()

@@ -119,12 +119,31 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	return c, nil
 }
 
+const benchUsage = `usage:
+  backup-proxy bench throttle [flags]   three clients against graphsim's throttling (issue: the scheduler)
+  backup-proxy bench backup [flags]     full backups end to end, throttling off and on
+  backup-proxy bench memory [flags]     peak RSS of an agent process backing up one large drive
+`
+
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] != "throttle" {
-		fmt.Fprintln(stderr, "usage: backup-proxy bench throttle [flags]")
+	if len(args) == 0 {
+		fmt.Fprint(stderr, benchUsage)
 		return exitUsage
 	}
-	cfg, err := parseBenchFlags(args[1:], stderr)
+	switch args[0] {
+	case "throttle":
+		return runBenchThrottle(ctx, args[1:], stdout, stderr)
+	case "backup":
+		return runBenchBackup(ctx, args[1:], stdout, stderr)
+	case "memory":
+		return runBenchMemory(ctx, args[1:], stdout, stderr)
+	}
+	fmt.Fprint(stderr, benchUsage)
+	return exitUsage
+}
+
+func runBenchThrottle(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseBenchFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}

@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,41 +42,17 @@ func main2(args []string) {
 	main()
 }
 
-var servingAt = regexp.MustCompile(`"msg":"serving","address":"([^"]+)"`)
-
-// startChild starts an agent process and returns it with its gRPC address.
+// startChild starts an agent process (this test binary running main) and
+// returns it with its gRPC address.
 func startChild(t *testing.T, args ...string) (*exec.Cmd, string) {
 	t.Helper()
 	raw, _ := json.Marshal(args)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childArgs+"="+string(raw))
-	stderr, err := cmd.StderrPipe()
+	p, err := startAgentProcess(os.Args[0], []string{childArgs + "=" + string(raw)}, "-test.run=^$")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		sent := false
-		for sc.Scan() {
-			if m := servingAt.FindStringSubmatch(sc.Text()); m != nil && !sent {
-				addr <- m[1]
-				sent = true
-			}
-		}
-	}()
-	select {
-	case a := <-addr:
-		return cmd, a
-	case <-time.After(30 * time.Second):
-		t.Fatal("the agent did not start serving within 30s")
-	}
-	return nil, ""
+	t.Cleanup(p.stop)
+	return p.cmd, p.addr
 }
 
 // TestAgentKilledMidJobResumes SIGKILLs a real agent process in the middle

@@ -37,6 +37,7 @@ type serveConfig struct {
 	downloadsPerJob int
 	tenantShare     float64
 	licenses        int
+	limits          scheduler.Limits // overrides of the tier's limits; zero fields keep the tier's
 	company         string
 	shutdownTimeout time.Duration
 }
@@ -64,6 +65,9 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.IntVar(&cfg.downloadsPerJob, "downloads-per-job", 8, "files one job downloads at once")
 	fs.Float64Var(&cfg.tenantShare, "tenant-share", 0.5, "share of each tenant's SharePoint resource budget backups may use; the rest is the production reserve (0 < F <= 1)")
 	fs.IntVar(&cfg.licenses, "licenses", 1000, "licence count of the tenants, which selects Microsoft's throttling tier")
+	fs.IntVar(&cfg.limits.AppPerMinute, "app-ru-per-minute", 0, "per-app RU per minute, if not the licence tier's")
+	fs.IntVar(&cfg.limits.AppPer24h, "app-ru-per-day", 0, "per-app RU per 24 hours, if not the licence tier's")
+	fs.IntVar(&cfg.limits.TenantPer5Min, "tenant-ru-per-5min", 0, "tenant RU per 5 minutes, if not the licence tier's")
 	fs.StringVar(&cfg.company, "company", "backup-proxy", "company name in the User-Agent: ISV|<company>|backup-proxy/<version>")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight RPCs may finish on shutdown")
 	if err := fs.Parse(args); err != nil {
@@ -110,6 +114,9 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	}
 	if cfg.licenses < 0 {
 		return nil, fmt.Errorf("--licenses: must not be negative, got %d", cfg.licenses)
+	}
+	if cfg.limits.AppPerMinute < 0 || cfg.limits.AppPer24h < 0 || cfg.limits.TenantPer5Min < 0 {
+		return nil, errors.New("--app-ru-per-minute, --app-ru-per-day, --tenant-ru-per-5min: must not be negative")
 	}
 	if strings.ContainsAny(cfg.company, "|\r\n") || cfg.company == "" {
 		return nil, fmt.Errorf("--company: %q must be non-empty without '|' or line breaks", cfg.company)
@@ -242,6 +249,21 @@ func serve(ctx context.Context, cfg *serveConfig, lis net.Listener, log *zap.Log
 	return code
 }
 
+// schedulerLimits are the licence tier's limits with the explicit overrides.
+func (c *serveConfig) schedulerLimits() scheduler.Limits {
+	l := scheduler.LimitsForLicenses(c.licenses)
+	if c.limits.AppPerMinute > 0 {
+		l.AppPerMinute = c.limits.AppPerMinute
+	}
+	if c.limits.AppPer24h > 0 {
+		l.AppPer24h = c.limits.AppPer24h
+	}
+	if c.limits.TenantPer5Min > 0 {
+		l.TenantPer5Min = c.limits.TenantPer5Min
+	}
+	return l
+}
+
 func (c *serveConfig) agentConfig() agentConfig {
 	return agentConfig{
 		dataDir:         c.dataDir,
@@ -254,7 +276,7 @@ func (c *serveConfig) agentConfig() agentConfig {
 		scheduler: scheduler.Config{
 			Company:     c.company,
 			TenantShare: c.tenantShare,
-			Limits:      scheduler.LimitsForLicenses(c.licenses),
+			Limits:      c.schedulerLimits(),
 		},
 	}
 }

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/backup-proxy/backup-proxy/graphsim"
+	pb "github.com/backup-proxy/backup-proxy/proto/backupproxy/v1"
+	"github.com/backup-proxy/backup-proxy/scheduler"
+)
+
+// backupBenchResult is one full backup of a simulated tenant.
+type backupBenchResult struct {
+	Case        string  `json:"case"`
+	Items       int64   `json:"items"`
+	Bytes       int64   `json:"bytes"`
+	WallSeconds float64 `json:"wall_seconds"`
+	ItemsPerSec float64 `json:"items_per_second"`
+	MBPerSec    float64 `json:"mb_per_second"`
+	RU          int64   `json:"ru"`
+	Throttled   int64   `json:"throttled"`
+	Efficiency  float64 `json:"efficiency,omitempty"` // RU charged / (granted rate × wall time)
+}
+
+// runBenchBackup measures full backups end to end (graphsim → scheduler →
+// engine → repository on disk): once with throttling off, the data path's
+// own speed; once under Microsoft's default limits (time-scaled), where the
+// speed should sit at the scheduler's efficiency.
+func runBenchBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench backup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	users := fs.Int("users", 4, "simulated users")
+	sites := fs.Int("sites", 2, "simulated sites")
+	files := fs.Int("files-per-drive", 500, "files per drive")
+	maxFile := fs.Int64("max-file-size", 1<<20, "largest file in bytes")
+	timeScale := fs.Float64("time-scale", 20, "time scale of the throttled case")
+	dir := fs.String("dir", "", "where the repositories go (default: a temporary directory)")
+	if code, ok := parseOnly(fs, args, stderr, "bench backup"); !ok {
+		return code
+	}
+	base := *dir
+	if base == "" {
+		var err error
+		if base, err = os.MkdirTemp("", "backup-proxy-bench-"); err != nil {
+			fmt.Fprintln(stderr, err)
+			return exitFailure
+		}
+		defer os.RemoveAll(base)
+	}
+	opts := graphsim.Options{Seed: 3, Users: *users, Sites: *sites, FilesPerDrive: *files, Apps: 2, MaxFileSize: *maxFile,
+		Faults: graphsim.Faults{UnprovisionedOneDrives: -1}}
+	var results []backupBenchResult
+	for _, c := range []struct {
+		name      string
+		throttled bool
+	}{{"throttling off", false}, {"throttling on", true}} {
+		o := opts
+		o.NoThrottle = !c.throttled
+		if c.throttled {
+			o.TimeScale = *timeScale
+		}
+		fmt.Fprintf(stderr, "running %s ...\n", c.name)
+		res, err := benchFullBackup(ctx, filepath.Join(base, strings.ReplaceAll(c.name, " ", "-")), o, c.name)
+		if err != nil {
+			fmt.Fprintf(stderr, "backup-proxy bench backup: %s: %v\n", c.name, err)
+			return exitFailure
+		}
+		line, _ := json.Marshal(res)
+		fmt.Fprintln(stdout, string(line))
+		results = append(results, res)
+	}
+	for _, r := range results {
+		fmt.Fprintf(stdout, "%-15s %6d items %8.1f MB in %6.2fs: %7.1f items/s %7.1f MB/s, %d RU, %d throttled",
+			r.Case, r.Items, float64(r.Bytes)/1e6, r.WallSeconds, r.ItemsPerSec, r.MBPerSec, r.RU, r.Throttled)
+		if r.Efficiency > 0 {
+			fmt.Fprintf(stdout, ", efficiency %.3f", r.Efficiency)
+		}
+		fmt.Fprintln(stdout)
+	}
+	return exitOK
+}
+
+// benchFullBackup backs up every source of a fresh tenant with an
+// in-process agent and times it from the first submission to the last end.
+func benchFullBackup(ctx context.Context, dataDir string, o graphsim.Options, name string) (backupBenchResult, error) {
+	sim, err := graphsim.New(o)
+	if err != nil {
+		return backupBenchResult{}, err
+	}
+	defer sim.Close()
+	limits := graphsim.LimitsForLicenses(1000)
+	sc := scheduler.Config{Limits: scheduler.Limits{AppPerMinute: limits.AppPerMinute, AppPer24h: limits.AppPer24h, TenantPer5Min: limits.TenantPer5Min}}
+	if o.NoThrottle {
+		sc.Limits = scheduler.Limits{AppPerMinute: 600_000, AppPer24h: 100_000_000, TenantPer5Min: 10_000_000}
+	}
+	if o.TimeScale > 1 {
+		sc.Clock, sc.HeaderSecond = scheduler.Scaled(scheduler.RealClock{}, o.TimeScale), time.Duration(o.TimeScale*float64(time.Second))
+	}
+	a, err := assemble(zap.NewNop(), agentConfig{dataDir: dataDir, graphURL: sim.GraphURL(), loginURL: sim.LoginURL(),
+		roots: sim.CertPool(), maxJobs: 4, maxQueuedJobs: 100, downloadsPerJob: 8, scheduler: sc})
+	if err != nil {
+		return backupBenchResult{}, err
+	}
+	defer a.close(context.Background())
+	lis, err := listenLoopback()
+	if err != nil {
+		return backupBenchResult{}, err
+	}
+	go a.server.Serve(lis)
+	defer a.server.Shutdown(context.Background())
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return backupBenchResult{}, err
+	}
+	defer conn.Close()
+	if err := addSimApps(ctx, pb.NewPoolServiceClient(conn), sim); err != nil {
+		return backupBenchResult{}, err
+	}
+	sim.ResetStats()
+	start := time.Now()
+	jobs, err := runAllSources(ctx, pb.NewJobServiceClient(conn), sim, "bench")
+	if err != nil {
+		return backupBenchResult{}, err
+	}
+	wall := time.Since(start).Seconds()
+	res := backupBenchResult{Case: name, WallSeconds: round(wall, 2)}
+	for _, j := range jobs {
+		res.Items += j.Progress.ItemsBackedUp
+		res.Bytes += j.Progress.BytesDownloaded
+	}
+	st := sim.Stats().Tenant
+	res.RU, res.Throttled = st.RU, st.Throttled429+st.Throttled503
+	res.ItemsPerSec, res.MBPerSec = round(float64(res.Items)/wall, 1), round(float64(res.Bytes)/1e6/wall, 1)
+	if !o.NoThrottle {
+		granted := min(float64(o.Apps*limits.AppPerMinute), 0.5*float64(limits.TenantPer5Min)/5) * o.TimeScale / 60 // RU per real second
+		res.Efficiency = round(float64(st.RU)/(granted*wall), 3)
+	}
+	return res, nil
+}
+
+// addSimApps adds every graphsim app to the pool, organization app first.
+func addSimApps(ctx context.Context, pool pb.PoolServiceClient, sim *graphsim.Server) error {
+	for _, app := range sim.Tenant().Apps {
+		c := app.Credentials[0]
+		if _, err := pool.AddApplication(ctx, &pb.AddApplicationRequest{
+			TenantId: sim.Tenant().ID, ClientId: app.ClientID, DisplayName: app.DisplayName,
+			Certificate: append(append([]byte{}, c.CertPEM...), c.KeyPEM...), OrganizationApp: app.OrganizationApp,
+		}); err != nil {
+			return fmt.Errorf("add application %s: %w", app.ClientID, err)
+		}
+	}
+	return nil
+}
+
+// runAllSources backs up every OneDrive and site of the tenant, one job each,
+// and waits for all of them.
+func runAllSources(ctx context.Context, jobs pb.JobServiceClient, sim *graphsim.Server, prefix string) ([]*pb.Job, error) {
+	var ids []string
+	submit := func(r *pb.SubmitJobRequest) error {
+		r.JobId, r.TenantId = fmt.Sprintf("%s-%d", prefix, len(ids)+1), sim.Tenant().ID
+		ids = append(ids, r.JobId)
+		_, err := jobs.SubmitJob(ctx, r)
+		return err
+	}
+	for _, u := range sim.Tenant().Users {
+		if u.HasOneDrive {
+			if err := submit(&pb.SubmitJobRequest{Source: &pb.SubmitJobRequest_Onedrive{Onedrive: &pb.OneDriveSource{User: u.UserPrincipalName}}}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, s := range sim.Tenant().Sites {
+		if err := submit(&pb.SubmitJobRequest{Source: &pb.SubmitJobRequest_SharepointSite{SharepointSite: &pb.SharePointSiteSource{Site: s.WebURL}}}); err != nil {
+			return nil, err
+		}
+	}
+	var out []*pb.Job
+	for _, id := range ids {
+		j, err := watchToEnd(ctx, jobs, id)
+		if err != nil {
+			return nil, err
+		}
+		if j.State != pb.JobState_JOB_STATE_SUCCEEDED {
+			return nil, fmt.Errorf("job %s ended %v: %s", id, j.State, j.Error)
+		}
+		out = append(out, j)
+	}
+	return out, nil
+}
+
+func watchToEnd(ctx context.Context, jobs pb.JobServiceClient, id string) (*pb.Job, error) {
+	stream, err := jobs.WatchJob(ctx, &pb.WatchJobRequest{JobId: id})
+	if err != nil {
+		return nil, err
+	}
+	var last *pb.Job
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return last, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		last = resp.Job
+	}
+}
+
+// runBenchMemory backs up one drive of N items with the agent in a child
+// process and reports the child's peak RSS, for several N in one run: the
+// engine's memory must stay flat in the item count.
+func runBenchMemory(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench memory", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	counts := fs.String("items", "20000,200000", "item counts of the drive, comma separated")
+	if code, ok := parseOnly(fs, args, stderr, "bench memory"); !ok {
+		return code
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitFailure
+	}
+	for _, c := range strings.Split(*counts, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(c))
+		if err != nil || n < 1 {
+			fmt.Fprintf(stderr, "backup-proxy bench memory: --items: %q is not a positive number\n", c)
+			return exitUsage
+		}
+		fmt.Fprintf(stderr, "backing up a drive of %d items ...\n", n)
+		rss, wall, items, err := benchMemory(ctx, exe, n)
+		if err != nil {
+			fmt.Fprintf(stderr, "backup-proxy bench memory: %v\n", err)
+			return exitFailure
+		}
+		line, _ := json.Marshal(map[string]any{"items": items, "peak_rss_mib": round(float64(rss)/(1<<20), 1), "wall_seconds": round(wall, 1)})
+		fmt.Fprintln(stdout, string(line))
+	}
+	return exitOK
+}
+
+func benchMemory(ctx context.Context, exe string, items int) (rss int64, wall float64, backedUp int64, err error) {
+	sim, err := graphsim.New(graphsim.Options{Seed: 5, Users: 1, Sites: 0, FilesPerDrive: items, Apps: 1, NoThrottle: true,
+		SizeMix: []graphsim.SizeClass{{Weight: 1, Min: 256, Max: 4 << 10}}, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}})
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer sim.Close()
+	dir, err := os.MkdirTemp("", "backup-proxy-memory-")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer os.RemoveAll(dir)
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, sim.CACertPEM(), 0o600); err != nil {
+		return 0, 0, 0, err
+	}
+	p, err := startAgentProcess(exe, nil, "serve", "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",
+		"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", ca, "--log-level", "info",
+		// graphsim does not throttle here: nor should the scheduler pace.
+		"--app-ru-per-minute", "1000000000", "--app-ru-per-day", "1000000000000", "--tenant-ru-per-5min", "1000000000")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer p.stop()
+	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer conn.Close()
+	if err := addSimApps(ctx, pb.NewPoolServiceClient(conn), sim); err != nil {
+		return 0, 0, 0, err
+	}
+	start := time.Now()
+	jobs, err := runAllSources(ctx, pb.NewJobServiceClient(conn), sim, "memory")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	wall = time.Since(start).Seconds()
+	rss, err = p.peakRSS()
+	return rss, wall, jobs[0].Progress.ItemsBackedUp, err
+}

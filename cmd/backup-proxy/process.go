@@ -1,0 +1,80 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// agentProcess is an agent running as a child process (benchmarks measure
+// its memory apart from graphsim's; tests SIGKILL it).
+type agentProcess struct {
+	cmd  *exec.Cmd
+	addr string // its gRPC address
+}
+
+var servingAt = regexp.MustCompile(`"msg":"serving","address":"([^"]+)"`)
+
+// startAgentProcess runs exe with args (a `serve` command line listening on
+// 127.0.0.1:0 with JSON logs) and waits until it serves.
+func startAgentProcess(exe string, env []string, args ...string) (*agentProcess, error) {
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), env...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		sent := false
+		for sc.Scan() { // keep draining: a full pipe would block the agent
+			if m := servingAt.FindStringSubmatch(sc.Text()); m != nil && !sent {
+				addr <- m[1]
+				sent = true
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		return &agentProcess{cmd: cmd, addr: a}, nil
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("the agent did not start serving within 30s")
+	}
+}
+
+// peakRSS returns the process's peak resident set size (VmHWM) in bytes.
+func (p *agentProcess) peakRSS() (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", p.cmd.Process.Pid)
+}
+
+// stop ends the process (SIGKILL: callers that want a graceful stop signal first).
+func (p *agentProcess) stop() {
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+}
+
+// listenLoopback listens on a free loopback port.
+func listenLoopback() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
