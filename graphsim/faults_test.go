@@ -109,10 +109,21 @@ func TestFaultsOnDemand(t *testing.T) {
 	}
 }
 
+func TestNegativeCountsMeanNone(t *testing.T) {
+	s, err := graphsim.New(graphsim.Options{Users: 2, Sites: -1, FilesPerDrive: 1, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if tn := s.Tenant(); len(tn.Sites) != 0 || len(tn.Users) != 2 || len(tn.Drives) != 2 {
+		t.Errorf("tenant has %d users, %d sites, %d drives; want 2, 0, 2", len(tn.Users), len(tn.Sites), len(tn.Drives))
+	}
+}
+
 func TestRejectsBadOptions(t *testing.T) {
 	for _, o := range []graphsim.Options{
 		{Regime: "bogus"},
-		{Users: -1},
+		{FilesPerDrive: -1},
 		{TimeScale: -2},
 	} {
 		if s, err := graphsim.New(o); err == nil {

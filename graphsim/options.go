@@ -76,8 +76,8 @@ type Faults struct {
 // Options configure a simulated tenant and its server.
 type Options struct {
 	Seed                 uint64
-	Users                int         // default 10
-	Sites                int         // default 5
+	Users                int         // default 10; negative for none
+	Sites                int         // default 5; negative for none
 	LibrariesPerSite     int         // document libraries per site, default 1
 	FilesPerDrive        int         // default 100
 	FoldersPerDrive      int         // default FilesPerDrive/8
@@ -131,11 +131,18 @@ type Options struct {
 
 func (o *Options) withDefaults() (Options, error) {
 	c := *o
-	if c.Users == 0 {
+	// Zero means the default; a negative count means none.
+	switch {
+	case c.Users == 0:
 		c.Users = 10
+	case c.Users < 0:
+		c.Users = 0
 	}
-	if c.Sites == 0 {
+	switch {
+	case c.Sites == 0:
 		c.Sites = 5
+	case c.Sites < 0:
+		c.Sites = 0
 	}
 	if c.LibrariesPerSite == 0 {
 		c.LibrariesPerSite = 1
@@ -210,7 +217,7 @@ func (o *Options) withDefaults() (Options, error) {
 		c.Logger = zap.NewNop()
 	}
 	switch {
-	case c.Users < 0, c.Sites < 0, c.FilesPerDrive < 0, c.FoldersPerDrive < 0, c.LibrariesPerSite < 0, c.Apps < 0:
+	case c.FilesPerDrive < 0, c.FoldersPerDrive < 0, c.LibrariesPerSite < 0, c.Apps < 0:
 		return c, errors.New("graphsim: counts must not be negative")
 	case c.TimeScale < 0:
 		return c, errors.New("graphsim: TimeScale must be positive")

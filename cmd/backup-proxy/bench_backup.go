@@ -253,7 +253,7 @@ func runBenchMemory(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 func benchMemory(ctx context.Context, exe string, items int) (rss int64, wall float64, backedUp int64, err error) {
-	sim, err := graphsim.New(graphsim.Options{Seed: 5, Users: 1, Sites: 0, FilesPerDrive: items, Apps: 1, NoThrottle: true,
+	sim, err := graphsim.New(graphsim.Options{Seed: 5, Users: 1, Sites: -1, FilesPerDrive: items, Apps: 1, NoThrottle: true,
 		SizeMix: []graphsim.SizeClass{{Weight: 1, Min: 256, Max: 4 << 10}}, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}})
 	if err != nil {
 		return 0, 0, 0, err

@@ -63,7 +63,7 @@ func TestAgentKilledMidJobResumes(t *testing.T) {
 		t.Skip("starts agent processes")
 	}
 	sim, err := graphsim.New(graphsim.Options{
-		Seed: 21, Users: 1, Sites: 0, FilesPerDrive: 400, Apps: 1, MaxFileSize: 256 << 10,
+		Seed: 21, Users: 1, Sites: -1, FilesPerDrive: 400, Apps: 1, MaxFileSize: 256 << 10,
 		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1},
 		Latency: 5 * time.Millisecond, // long enough a job to kill it in the middle
 	})

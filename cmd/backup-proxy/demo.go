@@ -132,7 +132,7 @@ func demo(ctx context.Context, cfg *demoConfig, stdout, stderr io.Writer) error 
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(logFile), zap.InfoLevel))
 
 	sim, err := graphsim.New(graphsim.Options{
-		Seed: cfg.seed, Users: cfg.users, Sites: cfg.sites, FilesPerDrive: cfg.files, Apps: cfg.apps,
+		Seed: cfg.seed, Users: noneIfZero(cfg.users), Sites: noneIfZero(cfg.sites), FilesPerDrive: cfg.files, Apps: cfg.apps,
 		MaxFileSize: cfg.maxFile, TimeScale: cfg.timeScale, Regime: graphsim.Regime(cfg.regime),
 		// Production users keep using the tenant: a fifth of its budget.
 		ProductionLoad: 0.2 * float64(graphsim.LimitsForLicenses(1000).TenantPer5Min) / 5,
@@ -242,6 +242,15 @@ func demo(ctx context.Context, cfg *demoConfig, stdout, stderr io.Writer) error 
 		return errors.New("the repository did not verify clean")
 	}
 	return nil
+}
+
+// noneIfZero maps a flag's 0 ("none") to graphsim's negative count: for
+// graphsim.Options zero means the default.
+func noneIfZero(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 type demoClient struct {

@@ -78,6 +78,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *state == "" {
 		return errors.New("--state is required")
 	}
+	// On the command line 0 means none; in Options zero means the default.
+	if o.Users == 0 {
+		o.Users = -1
+	}
+	if o.Sites == 0 {
+		o.Sites = -1
+	}
 	o.Seed = *seed
 	o.Regime = graphsim.Regime(*regime)
 	o.ProductionLoad = *prodLoad
