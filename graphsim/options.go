@@ -27,7 +27,10 @@ type Limits struct {
 }
 
 // LimitsForLicenses returns Microsoft's published limits for a tenant with
-// the given number of licences (microsoft-365-facts.md section 1).
+// the given number of licences (microsoft-365-facts.md section 1). The
+// scheduler keeps its own copy of this table on purpose: the simulator
+// stands for Microsoft, and must not inherit a mistake in the product's
+// configuration.
 func LimitsForLicenses(licenses int) Limits {
 	switch {
 	case licenses <= 1000:

@@ -165,27 +165,34 @@ func addSimApps(ctx context.Context, pool pb.PoolServiceClient, sim *graphsim.Se
 	return nil
 }
 
+// simJobRequests returns a job request (without id) for every OneDrive and
+// every site of the simulated tenant.
+func simJobRequests(sim *graphsim.Server) []*pb.SubmitJobRequest {
+	var out []*pb.SubmitJobRequest
+	tenant := sim.Tenant()
+	for _, u := range tenant.Users {
+		if u.HasOneDrive {
+			out = append(out, &pb.SubmitJobRequest{TenantId: tenant.ID,
+				Source: &pb.SubmitJobRequest_Onedrive{Onedrive: &pb.OneDriveSource{User: u.UserPrincipalName}}})
+		}
+	}
+	for _, s := range tenant.Sites {
+		out = append(out, &pb.SubmitJobRequest{TenantId: tenant.ID,
+			Source: &pb.SubmitJobRequest_SharepointSite{SharepointSite: &pb.SharePointSiteSource{Site: s.WebURL}}})
+	}
+	return out
+}
+
 // runAllSources backs up every OneDrive and site of the tenant, one job each,
 // and waits for all of them.
 func runAllSources(ctx context.Context, jobs pb.JobServiceClient, sim *graphsim.Server, prefix string) ([]*pb.Job, error) {
 	var ids []string
-	submit := func(r *pb.SubmitJobRequest) error {
-		r.JobId, r.TenantId = fmt.Sprintf("%s-%d", prefix, len(ids)+1), sim.Tenant().ID
-		ids = append(ids, r.JobId)
-		_, err := jobs.SubmitJob(ctx, r)
-		return err
-	}
-	for _, u := range sim.Tenant().Users {
-		if u.HasOneDrive {
-			if err := submit(&pb.SubmitJobRequest{Source: &pb.SubmitJobRequest_Onedrive{Onedrive: &pb.OneDriveSource{User: u.UserPrincipalName}}}); err != nil {
-				return nil, err
-			}
-		}
-	}
-	for _, s := range sim.Tenant().Sites {
-		if err := submit(&pb.SubmitJobRequest{Source: &pb.SubmitJobRequest_SharepointSite{SharepointSite: &pb.SharePointSiteSource{Site: s.WebURL}}}); err != nil {
+	for i, r := range simJobRequests(sim) {
+		r.JobId = fmt.Sprintf("%s-%d", prefix, i+1)
+		if _, err := jobs.SubmitJob(ctx, r); err != nil {
 			return nil, err
 		}
+		ids = append(ids, r.JobId)
 	}
 	var out []*pb.Job
 	for _, id := range ids {

@@ -183,27 +183,17 @@ func demo(ctx context.Context, cfg *demoConfig, stdout, stderr io.Writer) error 
 		tenant.Domain, len(tenant.Users), len(tenant.Sites), cfg.files, len(tenant.Apps), cfg.regime, cfg.timeScale)
 	fmt.Fprintf(stdout, "  agent on %s, data in %s (log: agent.log)\n\n", lis.Addr(), cfg.dataDir)
 
-	for _, app := range tenant.Apps {
-		cred := app.Credentials[0]
-		resp, err := c.pool.AddApplication(ctx, &pb.AddApplicationRequest{
-			TenantId: tenant.ID, ClientId: app.ClientID, DisplayName: app.DisplayName,
-			Certificate: append(append([]byte{}, cred.CertPEM...), cred.KeyPEM...), OrganizationApp: app.OrganizationApp,
-		})
-		if err != nil {
-			return fmt.Errorf("add application %s: %w", app.ClientID, err)
-		}
-		fmt.Fprintf(stdout, "  added application %-12s %s  thumbprint %s\n", resp.Application.DisplayName, resp.Application.ClientId, resp.Application.Thumbprint)
+	if err := addSimApps(ctx, c.pool, sim); err != nil {
+		return err
 	}
-
-	var requests []*pb.SubmitJobRequest
-	for _, u := range tenant.Users {
-		requests = append(requests, &pb.SubmitJobRequest{TenantId: tenant.ID,
-			Source: &pb.SubmitJobRequest_Onedrive{Onedrive: &pb.OneDriveSource{User: u.UserPrincipalName}}})
+	list, err := c.pool.ListApplications(ctx, &pb.ListApplicationsRequest{TenantId: tenant.ID})
+	if err != nil {
+		return err
 	}
-	for _, s := range tenant.Sites {
-		requests = append(requests, &pb.SubmitJobRequest{TenantId: tenant.ID,
-			Source: &pb.SubmitJobRequest_SharepointSite{SharepointSite: &pb.SharePointSiteSource{Site: s.WebURL}}})
+	for _, app := range list.Applications {
+		fmt.Fprintf(stdout, "  added application %-34s %s  thumbprint %s\n", app.DisplayName, app.ClientId, app.Thumbprint)
 	}
+	requests := simJobRequests(sim)
 
 	var all []*pb.Job
 	full, err := c.runPhase(ctx, stdout, a, sim, "full backup", "full", requests)

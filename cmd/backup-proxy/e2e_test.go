@@ -101,15 +101,8 @@ func (e *e2e) stop() {
 
 // addApps adds every graphsim app to the pool, organization app first.
 func (e *e2e) addApps() {
-	for _, app := range e.sim.Tenant().Apps {
-		c := app.Credentials[0]
-		_, err := e.pool.AddApplication(e.t.Context(), &pb.AddApplicationRequest{
-			TenantId: e.sim.Tenant().ID, ClientId: app.ClientID, DisplayName: app.DisplayName,
-			Certificate: append(append([]byte{}, c.CertPEM...), c.KeyPEM...), OrganizationApp: app.OrganizationApp,
-		})
-		if err != nil {
-			e.t.Fatalf("add app %s: %v", app.ClientID, err)
-		}
+	if err := addSimApps(e.t.Context(), e.pool, e.sim); err != nil {
+		e.t.Fatal(err)
 	}
 }
 
