@@ -94,7 +94,7 @@ type Options struct {
 	Licenses   int     // selects the limits tier, default 1000
 	Limits     *Limits // overrides the tier when set
 	Regime     Regime  // default RegimePerApp
-	NoThrottle bool    // meter but never throttle
+	NoThrottle bool    // meter but never throttle (and send no RateLimit headers)
 	// ProductionLoad is the simulated production users' traffic on the
 	// tenant bucket, in RU per simulated minute.
 	ProductionLoad float64

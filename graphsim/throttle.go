@@ -202,13 +202,15 @@ func (t *throttler) charge(clientID string, cost int) verdict {
 	limit := int64(t.limits.AppPerMinute)
 	minuteUsed := a.budget.minute.used(now)
 	v := verdict{limit: limit, remaining: max(limit-minuteUsed, 0)}
+	if t.noThrottle {
+		// No limit is enforced, so none is announced: RateLimit headers
+		// would make a client slow down to a budget that does not exist.
+		return v
+	}
 	// RateLimit headers describe only the app minute budget, from 80 % on.
 	if minuteUsed*5 >= limit*4 {
 		v.rateLimit = true
 		v.reset = max(a.budget.minute.untilAtMost(now, limit*4/5-1), time.Second)
-	}
-	if t.noThrottle {
-		return v
 	}
 
 	if now.Before(a.blockedUntil) {
