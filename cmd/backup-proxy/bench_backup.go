@@ -248,55 +248,63 @@ func runBenchMemory(ctx context.Context, args []string, stdout, stderr io.Writer
 			return exitUsage
 		}
 		fmt.Fprintf(stderr, "backing up a drive of %d items ...\n", n)
-		rss, wall, items, err := benchMemory(ctx, exe, n)
+		m, err := benchMemory(ctx, exe, n)
 		if err != nil {
 			fmt.Fprintf(stderr, "backup-proxy bench memory: %v\n", err)
 			return exitFailure
 		}
-		line, _ := json.Marshal(map[string]any{"items": items, "peak_rss_mib": round(float64(rss)/(1<<20), 1), "wall_seconds": round(wall, 1)})
+		mib := func(b int64) float64 { return round(float64(b)/(1<<20), 1) }
+		line, _ := json.Marshal(map[string]any{"items": m.items, "wall_seconds": round(m.wall, 1), "peak_rss_mib": mib(m.peak),
+			"end_rss_anon_mib": mib(m.anon), "end_rss_file_mib": mib(m.file)})
 		fmt.Fprintln(stdout, string(line))
 	}
 	return exitOK
 }
 
-func benchMemory(ctx context.Context, exe string, items int) (rss int64, wall float64, backedUp int64, err error) {
+type memoryResult struct {
+	items            int64
+	wall             float64
+	peak, anon, file int64
+}
+
+func benchMemory(ctx context.Context, exe string, items int) (res memoryResult, err error) {
 	sim, err := graphsim.New(graphsim.Options{Seed: 5, Users: 1, Sites: -1, FilesPerDrive: items, Apps: 1, NoThrottle: true,
 		SizeMix: []graphsim.SizeClass{{Weight: 1, Min: 256, Max: 4 << 10}}, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}})
 	if err != nil {
-		return 0, 0, 0, err
+		return res, err
 	}
 	defer sim.Close()
 	dir, err := os.MkdirTemp("", "backup-proxy-memory-")
 	if err != nil {
-		return 0, 0, 0, err
+		return res, err
 	}
 	defer os.RemoveAll(dir)
 	ca := filepath.Join(dir, "ca.pem")
 	if err := os.WriteFile(ca, sim.CACertPEM(), 0o600); err != nil {
-		return 0, 0, 0, err
+		return res, err
 	}
 	p, err := startAgentProcess(exe, nil, "serve", "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",
 		"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", ca, "--log-level", "info",
 		// graphsim does not throttle here: nor should the scheduler pace.
 		"--app-ru-per-minute", "1000000000", "--app-ru-per-day", "1000000000000", "--tenant-ru-per-5min", "1000000000")
 	if err != nil {
-		return 0, 0, 0, err
+		return res, err
 	}
 	defer p.stop()
 	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return 0, 0, 0, err
+		return res, err
 	}
 	defer conn.Close()
 	if err := addSimApps(ctx, pb.NewPoolServiceClient(conn), sim); err != nil {
-		return 0, 0, 0, err
+		return res, err
 	}
 	start := time.Now()
 	jobs, err := runAllSources(ctx, pb.NewJobServiceClient(conn), sim, "memory")
 	if err != nil {
-		return 0, 0, 0, err
+		return res, err
 	}
-	wall = time.Since(start).Seconds()
-	rss, err = p.peakRSS()
-	return rss, wall, jobs[0].Progress.ItemsBackedUp, err
+	res.wall, res.items = time.Since(start).Seconds(), jobs[0].Progress.ItemsBackedUp
+	res.peak, res.anon, res.file, err = p.memory()
+	return res, err
 }

@@ -55,19 +55,30 @@ func startAgentProcess(exe string, env []string, args ...string) (*agentProcess,
 	}
 }
 
-// peakRSS returns the process's peak resident set size (VmHWM) in bytes.
-func (p *agentProcess) peakRSS() (int64, error) {
+// memory returns the process's peak resident set size (VmHWM) and the
+// current anonymous and file-backed parts of it (RssAnon, RssFile: mapped
+// files such as the bbolt catalogue count in RSS but are reclaimable), in bytes.
+func (p *agentProcess) memory() (peak, anon, file int64, err error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, 0, err
 	}
+	fields := map[string]*int64{"VmHWM:": &peak, "RssAnon:": &anon, "RssFile:": &file}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10, err
+		for name, dst := range fields {
+			if v, ok := strings.CutPrefix(line, name); ok {
+				kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				if err != nil {
+					return 0, 0, 0, err
+				}
+				*dst = kb << 10
+			}
 		}
 	}
-	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", p.cmd.Process.Pid)
+	if peak == 0 {
+		return 0, 0, 0, fmt.Errorf("no VmHWM in /proc/%d/status", p.cmd.Process.Pid)
+	}
+	return peak, anon, file, nil
 }
 
 // stop ends the process (SIGKILL: callers that want a graceful stop signal first).

@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -39,6 +41,7 @@ type serveConfig struct {
 	licenses        int
 	limits          scheduler.Limits // overrides of the tier's limits; zero fields keep the tier's
 	company         string
+	memoryLimit     int64 // soft limit of the Go heap in bytes; 0: none
 	shutdownTimeout time.Duration
 }
 
@@ -69,6 +72,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.IntVar(&cfg.limits.AppPer24h, "app-ru-per-day", 0, "per-app RU per 24 hours, if not the licence tier's")
 	fs.IntVar(&cfg.limits.TenantPer5Min, "tenant-ru-per-5min", 0, "tenant RU per 5 minutes, if not the licence tier's")
 	fs.StringVar(&cfg.company, "company", "backup-proxy", "company name in the User-Agent: ISV|<company>|backup-proxy/<version>")
+	memLimit := fs.String("memory-limit", "256MiB", "soft limit of the agent's heap (KiB, MiB, GiB suffixes; 0 for none); the GOMEMLIMIT environment variable takes precedence")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight RPCs may finish on shutdown")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -121,10 +125,33 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	if strings.ContainsAny(cfg.company, "|\r\n") || cfg.company == "" {
 		return nil, fmt.Errorf("--company: %q must be non-empty without '|' or line breaks", cfg.company)
 	}
+	if cfg.memoryLimit, err = parseBytes(*memLimit); err != nil {
+		return nil, fmt.Errorf("--memory-limit: %w", err)
+	}
 	if cfg.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout: must be positive, got %v", cfg.shutdownTimeout)
 	}
 	return &cfg, nil
+}
+
+// parseBytes parses a byte count with an optional KiB, MiB or GiB suffix.
+func parseBytes(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"", 1}}
+	for _, u := range units {
+		num, ok := strings.CutSuffix(s, u.suffix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("%q is not a byte count such as 256MiB", s)
+		}
+		return n * u.mult, nil
+	}
+	return 0, fmt.Errorf("%q is not a byte count such as 256MiB", s)
 }
 
 // parseBaseURL accepts an https URL with a host and no path, query or
@@ -187,6 +214,12 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
 	defer log.Sync() //nolint:errcheck // nothing useful to do if stderr fails
 
+	if cfg.memoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		// The agent's live heap is small and flat (fixed repository
+		// buffers, one delta page per drive); the limit keeps the garbage
+		// collector from letting garbage grow with the length of a job.
+		debug.SetMemoryLimit(cfg.memoryLimit)
+	}
 	unlock, err := lockDataDir(cfg.dataDir)
 	if err != nil {
 		log.Error("cannot use data directory", zap.String("data", cfg.dataDir), zap.Error(err))

@@ -37,6 +37,9 @@ func TestParseServeFlagsRejectsBadInput(t *testing.T) {
 		{"ca file not pem", []string{"--ca-file", notPEM}, "no PEM certificate"},
 		{"max jobs", []string{"--max-jobs", "0"}, "--max-jobs"},
 		{"shutdown timeout", []string{"--shutdown-timeout", "0s"}, "--shutdown-timeout"},
+		{"memory limit", []string{"--memory-limit", "lots"}, "--memory-limit"},
+		{"tenant share", []string{"--tenant-share", "1.5"}, "--tenant-share"},
+		{"company with bar", []string{"--company", "a|b"}, "--company"},
 		{"stray argument", []string{"now"}, "unexpected arguments"},
 	}
 	for _, tt := range tests {
@@ -55,7 +58,7 @@ func TestParseServeFlagsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.listen != "127.0.0.1:50051" || cfg.graphURL.String() != "https://graph.microsoft.com" ||
-		cfg.loginURL.String() != "https://login.microsoftonline.com" || cfg.maxJobs != 4 {
+		cfg.loginURL.String() != "https://login.microsoftonline.com" || cfg.maxJobs != 4 || cfg.memoryLimit != 256<<20 {
 		t.Errorf("defaults = %+v", cfg)
 	}
 }

@@ -332,6 +332,7 @@ func (t *Txn) flush(final func(tx *bolt.Tx) error) error {
 		return fmt.Errorf("stage restore point: %w", err)
 	}
 	t.ops = t.ops[:0]
+	t.c.dropMappedPages()
 	return nil
 }
 
