@@ -21,6 +21,15 @@ const (
 	crashSeed    = 77
 	crashBaseLen = 3 << 20
 	crashJobLen  = 64 << 20
+	// crashDurableLen is the part of the job the rerun expects to find
+	// durable. The child slows down only once it has read that much plus
+	// the chunker's lookahead (its 8 MiB maximum chunk: it cuts a chunk
+	// only when it sees that far ahead or the stream's end) plus what the
+	// pipeline may still be encoding and fsyncing (a few chunk slots): a
+	// kill right as the slow phase begins must find the first part durable.
+	crashDurableLen = 12 << 20
+	crashLookahead  = 8 << 20
+	crashInFlight   = 8 << 20
 )
 
 // slowReader paces a stream after `after` bytes so the parent can kill the
@@ -72,7 +81,7 @@ func crashChild(dir string) {
 	latest, _ := r.LatestRestorePoint(ctx, "t1", "onedrive:crash")
 	s, _ := r.NewSession(ctx, repo.SessionOptions{Tenant: "t1", Source: "onedrive:crash", Base: latest.ID})
 	job := file{id: "job", path: "/job"}
-	_, err = s.StoreItem(ctx, itemMeta(job), &slowReader{r: randomReader(crashSeed+1, crashJobLen), after: 12 << 20})
+	_, err = s.StoreItem(ctx, itemMeta(job), &slowReader{r: randomReader(crashSeed+1, crashJobLen), after: crashDurableLen + crashLookahead + crashInFlight})
 	fmt.Println("FINISHED", err) // not reached when killed in time
 	_, _ = s.Commit(ctx)
 	os.Exit(0)
@@ -142,7 +151,7 @@ func TestSIGKILLedWriter(t *testing.T) {
 		// Rerun the first part of the job: what the killed process made
 		// durable is deduplicated.
 		s, _ := r.NewSession(ctx, repo.SessionOptions{Tenant: "t1", Source: "onedrive:crash", Base: rps[0].ID})
-		st, err := s.Store(ctx, randomReader(crashSeed+1, 12<<20))
+		st, err := s.Store(ctx, randomReader(crashSeed+1, crashDurableLen))
 		if err != nil {
 			t.Fatal(err)
 		}

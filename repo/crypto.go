@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/restic/chunker"
 )
 
 // sealer authenticates and encrypts repository objects with AES-256-GCM and a
@@ -82,27 +80,31 @@ func (s *sealer) open(stored, aad []byte) ([]byte, error) {
 // ---- config and key ----
 
 const (
-	configVersion  = 1
+	// configVersion 2: FastCDC with a keyed Gear table (version 1, never
+	// deployed, used restic's Rabin chunker; its chunks would not
+	// deduplicate against new ones).
+	configVersion  = 2
 	encAESGCM      = "aes-256-gcm"
 	encNone        = "none"
 	configName     = "config"
 	defaultKeyName = "key"
 )
 
-// config is the repository's config file. With encryption the chunker
-// polynomial is sealed (a known polynomial would let an observer fingerprint
-// files by their chunk sizes); opening the seal also proves the key.
+// config is the repository's config file. With encryption the chunker key
+// is sealed (a known key would let an observer fingerprint files by their
+// chunk sizes); opening the seal also proves the repository key.
 type config struct {
-	Version    int       `json:"version"`
-	ID         string    `json:"id"`
-	Created    time.Time `json:"created"`
-	Encryption string    `json:"encryption"`
-	Sealed     string    `json:"sealed,omitempty"`             // hex of sealed secretParams
-	Polynomial string    `json:"chunker_polynomial,omitempty"` // unencrypted repositories
+	Version    int           `json:"version"`
+	ID         string        `json:"id"`
+	Created    time.Time     `json:"created"`
+	Encryption string        `json:"encryption"`
+	Chunker    chunkerParams `json:"chunker"`
+	Sealed     string        `json:"sealed,omitempty"`      // hex of sealed secretParams
+	ChunkerKey string        `json:"chunker_key,omitempty"` // hex; unencrypted repositories
 }
 
 type secretParams struct {
-	Polynomial string `json:"chunker_polynomial"`
+	ChunkerKey string `json:"chunker_key"` // hex
 	ID         string `json:"id"`
 }
 
@@ -154,31 +156,36 @@ func createKey(fsys FS, tmpDir, path string) ([]byte, error) {
 	return key, nil
 }
 
-func (c *config) open(s *sealer) (chunker.Pol, error) {
-	var hexPol string
+// open checks the config's chunking and returns the chunker key. (Open has
+// checked the version.)
+func (c *config) open(s *sealer) ([]byte, error) {
+	if c.Chunker != currentChunker {
+		return nil, fmt.Errorf("config chunker %+v, this build chunks with %+v: %w", c.Chunker, currentChunker, ErrCorrupt)
+	}
+	var hexKey string
 	switch c.Encryption {
 	case encNone:
-		hexPol = c.Polynomial
+		hexKey = c.ChunkerKey
 	case encAESGCM:
 		sealed, err := hex.DecodeString(c.Sealed)
 		if err != nil {
-			return 0, fmt.Errorf("config seal: %w", ErrCorrupt)
+			return nil, fmt.Errorf("config seal: %w", ErrCorrupt)
 		}
 		plain, err := s.open(sealed, aadConfig)
 		if err != nil {
-			return 0, fmt.Errorf("config does not open with this key: %w", ErrWrongKey)
+			return nil, fmt.Errorf("config does not open with this key: %w", ErrWrongKey)
 		}
 		var sp secretParams
 		if err := json.Unmarshal(plain, &sp); err != nil || sp.ID != c.ID {
-			return 0, fmt.Errorf("config secret: %w", ErrCorrupt)
+			return nil, fmt.Errorf("config secret: %w", ErrCorrupt)
 		}
-		hexPol = sp.Polynomial
+		hexKey = sp.ChunkerKey
 	default:
-		return 0, fmt.Errorf("config encryption %q: %w", c.Encryption, ErrCorrupt)
+		return nil, fmt.Errorf("config encryption %q: %w", c.Encryption, ErrCorrupt)
 	}
-	var p uint64
-	if _, err := fmt.Sscanf(hexPol, "%x", &p); err != nil || !chunker.Pol(p).Irreducible() {
-		return 0, fmt.Errorf("config chunker polynomial %q: %w", hexPol, ErrCorrupt)
+	key, err := hex.DecodeString(hexKey)
+	if err != nil || len(key) != chunkerKeySize {
+		return nil, fmt.Errorf("config chunker key: %w", ErrCorrupt)
 	}
-	return chunker.Pol(p), nil
+	return key, nil
 }

@@ -6,12 +6,18 @@
 //
 // # Promises (after restic and kopia)
 //
-//   - Chunks are cut by the restic chunker (Rabin fingerprints, 512 KiB min,
-//     ~1 MiB average, 8 MiB max, a random polynomial per repository; streams
-//     under 512 KiB are one chunk), named by the SHA-256 of their plaintext
-//     and written once: storing the same content again costs no new chunk,
-//     and content shifted by a byte shares all but the chunks around the edit.
-//   - Chunks are zstd-compressed when that saves more than ~1.5 % and
+//   - Chunks are cut by FastCDC with normalised chunking
+//     (github.com/PlakarKorp/go-cdc-chunkers, "fastcdc-v1.0.0": 512 KiB
+//     min, 1 MiB normal, ~1.2 MiB average, 8 MiB max; its Gear table is
+//     derived from a random per-repository key, sealed in the config;
+//     streams up to 512 KiB are one chunk), named by the SHA-256 of their
+//     plaintext and written once: storing the same content again costs no
+//     new chunk, and content shifted by a byte shares all but the chunks
+//     around the edit. The cuts depend on the content and the key only,
+//     never on how the stream's reads arrive.
+//   - Chunks are zstd-compressed when that saves more than ~1.5 % (chunks
+//     over 128 KiB only when eight 8 KiB samples spread over them do, so
+//     already-compressed data costs no full compression attempt) and
 //     sealed with AES-256-GCM (random nonce, chunk id as associated data)
 //     under a 32-byte key in a 0600 key file; encryption is on by default.
 //   - Every file is written temp → fsync → rename → fsync dir, and the
@@ -28,7 +34,7 @@
 //
 // # On-disk layout
 //
-//	<dir>/config               JSON: version, id, encryption, sealed chunker polynomial
+//	<dir>/config               JSON: version (2), id, encryption, chunker parameters, sealed chunker key
 //	<dir>/key                  hex AES-256 key, mode 0600 (Options.KeyFile may put it elsewhere)
 //	<dir>/packs/<xx>/<id>      pack files; id = SHA-256 of the pack's stored trailer
 //	<dir>/index/<id>           index files; id = SHA-256 of the file
@@ -47,7 +53,11 @@
 // process; a second process is kept out by the catalogue's file lock
 // (ErrLocked; ReadOnly opens share it with other readers only). Sessions
 // write their own packs; chunk encoding is bounded by Options.Workers+2
-// buffer slots shared by all sessions, which also bounds write memory.
+// buffer slots and chunking of streams over 512 KiB by Options.Workers
+// scanners, shared by all sessions, which also bounds write memory. Within
+// one Store the calling goroutine only chunks; hashing, compression,
+// encryption and the pack write of each chunk, and the stream's SHA-256,
+// run on other goroutines, so a single stream uses every core.
 // Prune never removes a chunk a running session wrote, deduplicated against
 // or looked up: sessions register those chunks, and the dead set is decided
 // and removed from the in-memory index under one lock.

@@ -19,7 +19,7 @@ func TestWriteFaultAtEachStep(t *testing.T) {
 	// Calls of each step per pack (or index file): create 1, write 3
 	// (header, blob, trailer), fsync 1, rename 1, dir fsync 1. Let two
 	// packs through before the fault. The job's stream is long enough for
-	// many more packs whatever the repository's random chunker polynomial.
+	// many more packs whatever the repository's random chunker key.
 	ops := []struct {
 		op    faultfs.Op
 		after int

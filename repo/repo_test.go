@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -151,6 +152,59 @@ func TestShiftedByOneByteSharesMostChunks(t *testing.T) {
 			t.Logf("%d of %d chunks shared", shared, len(st.Chunks))
 		})
 	}
+}
+
+// Stores of the same content cut the same chunks however the stream
+// arrives, on both sides of the single-chunk limit (512 KiB).
+func TestStoreIsDeterministicAcrossReadSizes(t *testing.T) {
+	ctx := context.Background()
+	r := openRepo(t, t.TempDir(), repo.Options{})
+	s, _ := r.NewSession(ctx, repo.SessionOptions{Tenant: "t1", Source: "site:s"})
+	defer s.Abort()
+	readers := []struct {
+		name string
+		wrap func([]byte) io.Reader
+	}{
+		{"one read", func(b []byte) io.Reader { return bytes.NewReader(b) }},
+		{"half reads", func(b []byte) io.Reader { return iotest.HalfReader(bytes.NewReader(b)) }},
+		{"data with EOF", func(b []byte) io.Reader { return iotest.DataErrReader(bytes.NewReader(b)) }},
+		{"small reads", func(b []byte) io.Reader { return &chopReader{r: bytes.NewReader(b), max: 4093} }},
+	}
+	for _, n := range []int{0, 1, 512<<10 - 1, 512 << 10, 512<<10 + 1, 3<<20 + 7, 20 << 20} {
+		data := randomData(uint64(n), n)
+		var want repo.Stored
+		for i, rd := range readers {
+			t.Run(fmt.Sprintf("%d/%s", n, rd.name), func(t *testing.T) {
+				got, err := s.Store(ctx, rd.wrap(data))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got.Size != int64(n) || got.SHA256 != sha256.Sum256(data) {
+					t.Fatalf("size %d sha %x", got.Size, got.SHA256[:4])
+				}
+				if i == 0 {
+					want = got
+					return
+				}
+				if fmt.Sprint(got.Chunks) != fmt.Sprint(want.Chunks) || got.NewChunks != 0 {
+					t.Fatalf("%d chunks (%d new), want the %d of the first store", len(got.Chunks), got.NewChunks, len(want.Chunks))
+				}
+			})
+		}
+	}
+}
+
+// chopReader returns at most max bytes per read.
+type chopReader struct {
+	r   io.Reader
+	max int
+}
+
+func (c *chopReader) Read(p []byte) (int, error) {
+	if len(p) > c.max {
+		p = p[:c.max]
+	}
+	return c.r.Read(p)
 }
 
 func TestSmallFilesArePackedWhole(t *testing.T) {
@@ -312,6 +366,75 @@ func TestKeyFile(t *testing.T) {
 	}
 	if _, err := repo.Open(filepath.Join(t.TempDir(), "nothing"), repo.Options{}); !errors.Is(err, repo.ErrNotFound) {
 		t.Fatalf("open of no repository: %v", err)
+	}
+}
+
+// The config names the format: a repository of another version or chunking
+// is refused, not written into with chunks that would not deduplicate.
+func TestOpenRefusesOtherFormats(t *testing.T) {
+	dir := t.TempDir()
+	r := openRepo(t, dir, repo.Options{})
+	_ = r.Close()
+	path := filepath.Join(dir, "config")
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(cfg map[string]any)
+	}{
+		{"version 1 (Rabin chunker)", func(cfg map[string]any) { cfg["version"] = 1 }},
+		{"other chunker", func(cfg map[string]any) { cfg["chunker"].(map[string]any)["algorithm"] = "rabin" }},
+		{"other chunk size", func(cfg map[string]any) { cfg["chunker"].(map[string]any)["max_size"] = 16 << 20 }},
+		{"no chunker", func(cfg map[string]any) { delete(cfg, "chunker") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cfg map[string]any
+			if err := json.Unmarshal(orig, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			tc.change(cfg)
+			b, _ := json.Marshal(cfg)
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := repo.Open(dir, repo.Options{}); !errors.Is(err, repo.ErrCorrupt) {
+				t.Fatalf("open: %v, want ErrCorrupt", err)
+			}
+		})
+	}
+	if err := os.WriteFile(path, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = openRepo(t, dir, repo.Options{})
+	_ = r.Close()
+}
+
+// The chunker key decides where chunks are cut: with encryption it is
+// sealed, or chunk sizes would let an observer recognise known files.
+func TestChunkerKeyIsSealed(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		enc       bool
+		wantClear bool
+	}{{"encrypted", true, false}, {"plain", false, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			r := openRepo(t, dir, repo.Options{DisableEncryption: !tc.enc})
+			_ = r.Close()
+			b, err := os.ReadFile(filepath.Join(dir, "config"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cfg map[string]any
+			if err := json.Unmarshal(b, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if _, clear := cfg["chunker_key"]; clear != tc.wantClear {
+				t.Fatalf("chunker key in the clear: %v, want %v (%s)", clear, tc.wantClear, b)
+			}
+		})
 	}
 }
 
