@@ -12,6 +12,7 @@ import (
 
 	"github.com/backup-proxy/backup-proxy/agent/jobs"
 	"github.com/backup-proxy/backup-proxy/pool"
+	"github.com/backup-proxy/backup-proxy/repo"
 )
 
 // fieldViolation is a domain error refusing one request field.
@@ -50,8 +51,14 @@ func toStatus(err error) error {
 		})
 	case errors.Is(err, pool.ErrNoUsableApp):
 		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, pool.ErrNotFound), errors.Is(err, jobs.ErrNotFound):
+	case errors.Is(err, pool.ErrNotFound), errors.Is(err, jobs.ErrNotFound), errors.Is(err, repo.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, repo.ErrInvalidArgument):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, repo.ErrCorrupt):
+		return status.Error(codes.DataLoss, err.Error())
+	case errors.Is(err, repo.ErrClosed):
+		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, pool.ErrAlreadyExists), errors.Is(err, jobs.ErrConflict):
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, jobs.ErrBadPageToken):

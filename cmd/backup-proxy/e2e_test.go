@@ -14,7 +14,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/backup-proxy/backup-proxy/graph/quickxor"
@@ -332,6 +334,33 @@ func TestBackupEndToEnd(t *testing.T) {
 	verify, err := e.catalog.VerifyRepository(t.Context(), &pb.VerifyRepositoryRequest{ReadData: true})
 	if err != nil || len(verify.Errors) != 0 || verify.ChunksChecked == 0 {
 		t.Errorf("verify: %v, %v", verify, err)
+	}
+
+	// Reading what is not there is NOT_FOUND; a forged page token is INVALID_ARGUMENT.
+	for _, tc := range []struct {
+		name string
+		err  error
+		want codes.Code
+	}{
+		{"unknown restore point", func() error {
+			_, err := e.catalog.ListItems(t.Context(), &pb.ListItemsRequest{RestorePointId: "rp-999"})
+			return err
+		}(), codes.NotFound},
+		{"unknown item", func() error {
+			s, err := e.catalog.ReadItem(t.Context(), &pb.ReadItemRequest{RestorePointId: full[srcs[0].name].RestorePointId, ItemId: "nope"})
+			if err == nil {
+				_, err = s.Recv()
+			}
+			return err
+		}(), codes.NotFound},
+		{"forged page token", func() error {
+			_, err := e.catalog.ListItems(t.Context(), &pb.ListItemsRequest{RestorePointId: full[srcs[0].name].RestorePointId, PageToken: "forged"})
+			return err
+		}(), codes.InvalidArgument},
+	} {
+		if got := status.Code(tc.err); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, tc.err, tc.want)
+		}
 	}
 }
 
