@@ -274,31 +274,26 @@ func (f *inflight) start(itemID string) uint64 {
 	return f.n
 }
 
-// supersede marks itemID's running download (if any) as outdated.
+// supersede marks itemID's running download (if any) as outdated: it will
+// find no entry when it finishes.
 func (f *inflight) supersede(itemID string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.seq[itemID]; ok {
-		f.n++
-		f.seq[itemID] = f.n
-	}
+	delete(f.seq, itemID)
 }
 
 // supersedeAll marks every running download as outdated.
 func (f *inflight) supersedeAll() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for id := range f.seq {
-		f.n++
-		f.seq[id] = f.n
-	}
+	clear(f.seq)
 }
 
 // finish runs record if seq is still the item's latest, and ends the download.
 func (f *inflight) finish(itemID string, seq uint64, record func() error) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.seq[itemID] != seq {
+	if cur, ok := f.seq[itemID]; !ok || cur != seq {
 		return nil
 	}
 	delete(f.seq, itemID)
