@@ -49,11 +49,6 @@ func (c *Client) DeltaStart(driveID string) string {
 	return fmt.Sprintf("%s/drives/%s/root/delta?$top=%d", c.base, url.PathEscape(driveID), DeltaPageSize)
 }
 
-// DeltaLatest returns the link that yields no items but a deltaLink for "now".
-func (c *Client) DeltaLatest(driveID string) string {
-	return fmt.Sprintf("%s/drives/%s/root/delta?token=latest", c.base, url.PathEscape(driveID))
-}
-
 // Delta fetches one page at link: a DeltaStart link, a page's NextLink, a
 // stored DeltaLink, or a ResyncError's Location. A dead token gives a
 // *ResyncError.

@@ -6,7 +6,6 @@ package pool
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -473,14 +472,6 @@ func (a *App) Info() Info {
 		}
 	}
 	return info
-}
-
-// Certificate returns the application's current certificate chain (public
-// part only), e.g. to register it in Entra.
-func (a *App) Certificate() []*x509.Certificate {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return slices.Clone(a.cert.Chain)
 }
 
 func reasonOf(err error) string {

@@ -36,13 +36,6 @@ func (t *Tracker) Fail(item FailedItem) {
 	t.mu.Unlock()
 }
 
-// Progress returns the counters so far.
-func (t *Tracker) Progress() Progress {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.job.Progress
-}
-
 func (t *Tracker) signalLocked() {
 	close(t.changed)
 	t.changed = make(chan struct{})

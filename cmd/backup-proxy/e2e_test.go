@@ -159,21 +159,11 @@ func (e *e2e) runJobs(prefix string, srcs []source, mode pb.BackupMode) map[stri
 func (e *e2e) wait(jobID string) *pb.Job {
 	ctx, cancel := context.WithTimeout(e.t.Context(), 2*time.Minute)
 	defer cancel()
-	stream, err := e.jobs.WatchJob(ctx, &pb.WatchJobRequest{JobId: jobID})
+	j, err := watchToEnd(ctx, e.jobs, jobID)
 	if err != nil {
-		e.t.Fatal(err)
+		e.t.Fatalf("watch %s: %v", jobID, err)
 	}
-	var last *pb.Job
-	for {
-		resp, err := stream.Recv()
-		if err == io.EOF {
-			return last
-		}
-		if err != nil {
-			e.t.Fatalf("watch %s: %v", jobID, err)
-		}
-		last = resp.Job
-	}
+	return j
 }
 
 // items lists a restore point's items by path.
