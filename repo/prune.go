@@ -65,8 +65,8 @@ type PruneReport struct {
 // restore point sees, deletes packs whose chunks are all unreferenced,
 // rewrites mostly-dead packs, merges the index files and deletes orphan
 // packs. It never removes a chunk a running session wrote, deduplicated
-// against or looked up (sessions register their chunks; a session that ends
-// while the prune runs leaves its set behind for it). Each step is atomic and
+// against or looked up (sessions register the packs of those chunks; a
+// session that ends while the prune runs leaves its protection behind for it). Each step is atomic and
 // ordered (new packs → new index → old index removed and dir fsynced → old
 // packs removed), so a crash at any point leaves a valid repository.
 func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport, error) {
@@ -285,27 +285,12 @@ func (r *Repository) planPrune(referenced map[catalog.ChunkID]struct{}, files []
 			}
 		}
 	}
-	live := func(id ChunkID) bool {
-		if _, ok := referenced[id]; ok {
-			return true
-		}
-		for s := range r.sessions {
-			if _, ok := s.chunks[id]; ok {
-				return true
-			}
-		}
-		for _, set := range r.retired {
-			if _, ok := set[id]; ok {
-				return true
-			}
-		}
-		return false
-	}
 	var dead []ChunkID
-	for id := range r.idx.chunks {
-		if !live(id) {
-			dead = append(dead, id)
+	for id, loc := range r.idx.chunks {
+		if _, ok := referenced[id]; ok || r.protected(id, loc, true) {
+			continue
 		}
+		dead = append(dead, id)
 	}
 	plan.chunksRemoved = int64(len(dead))
 	deadSet := make(map[ChunkID]bool, len(dead))
@@ -446,23 +431,26 @@ func (r *Repository) repack(ctx context.Context, ids []PackID, diskPacks map[Pac
 // finishPackReplacing is finishPack for copies: the in-memory index is
 // pointed at the new pack for every chunk it holds.
 func (r *Repository) finishPackReplacing(pw *packWriter) (indexedPack, error) {
-	if err := r.finishPack(pw); err != nil {
+	if err := r.finishPack(pw, nil); err != nil {
 		return indexedPack{}, err
 	}
 	id, size := pw.id, pw.size
 	ip := indexedPack{id: id, size: size, entries: pw.entries}
 	r.mu.Lock()
 	slot := r.idx.packSlot[id]
+	from := map[uint32]struct{}{}
 	for _, e := range pw.entries {
 		old, ok := r.idx.chunks[e.id]
 		if ok {
 			r.idx.stored -= int64(old.length)
 			r.idx.raw -= int64(old.raw)
+			from[old.pack] = struct{}{}
 		}
 		r.idx.chunks[e.id] = location{pack: slot, offset: e.offset, length: e.length, raw: e.raw, flags: e.flags}
 		r.idx.stored += int64(e.length)
 		r.idx.raw += int64(e.raw)
 	}
+	r.moveProtection(from, slot)
 	r.mu.Unlock()
 	return ip, nil
 }

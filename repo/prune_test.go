@@ -96,15 +96,21 @@ func TestForgetAndPruneReclaimSpace(t *testing.T) {
 
 // TestPruneSparesRunningSession: chunks a running session wrote, or
 // deduplicated against while they were unreferenced, survive a prune.
+// Protection is per pack, so an unreferenced chunk sharing a pack with one
+// the session uses waits for a prune after the session.
 func TestPruneSparesRunningSession(t *testing.T) {
 	ctx := context.Background()
 	r := openRepo(t, t.TempDir(), repo.Options{})
 	old := file{id: "old", path: "/old", data: randomData(1, 200<<10)}
+	neighbour := file{id: "neighbour", path: "/neighbour", data: randomData(5, 100<<10)}
 	gone := file{id: "gone", path: "/gone", data: randomData(2, 200<<10)}
-	rp1 := commitFiles(t, r, "site:s", "", []file{old, gone})
+	rp0 := commitFiles(t, r, "site:s", "", []file{gone}) // a pack of its own
+	rp1 := commitFiles(t, r, "site:s", "", []file{old, neighbour})
 	rp2 := commitFiles(t, r, "site:s", "", []file{{id: "new", path: "/new", data: randomData(3, 10)}})
-	if err := r.ForgetRestorePoint(ctx, rp1.ID); err != nil {
-		t.Fatal(err)
+	for _, rp := range []repo.RestorePoint{rp0, rp1} {
+		if err := r.ForgetRestorePoint(ctx, rp.ID); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// A job runs: it re-stores "old" (deduplicated against a chunk nothing
 	// references now) and writes something new, then prune runs.
@@ -139,6 +145,11 @@ func TestPruneSparesRunningSession(t *testing.T) {
 		}
 	}
 	verifyClean(t, r, true)
+	after, err := r.Prune(ctx, repo.PruneOptions{})
+	if err != nil || after.ChunksRemoved != 1 {
+		t.Fatalf("prune after the session: %+v %v; want the neighbour's chunk removed", after, err)
+	}
+	verifyClean(t, r, true)
 	// The pruned content is gone for LookupVersion too: the engine downloads again.
 	s2, _ := r.NewSession(ctx, repo.SessionOptions{Tenant: "t1", Source: "site:s", Base: rp3.ID})
 	defer s2.Abort()
@@ -151,4 +162,90 @@ func TestPruneSparesRunningSession(t *testing.T) {
 	if err := r.ForgetRestorePoint(ctx, rp3.ID); !errors.Is(err, repo.ErrInUse) {
 		t.Fatalf("forget base of running session: %v", err)
 	}
+}
+
+// hookFS runs hook once, the first time path is opened.
+type hookFS struct {
+	repo.FS
+	path string
+	hook func()
+}
+
+func (h *hookFS) Open(name string) (repo.File, error) {
+	if name == h.path && h.hook != nil {
+		hook := h.hook
+		h.hook = nil
+		hook()
+	}
+	return h.FS.Open(name)
+}
+
+// TestPruneMovesProtectionWithRepackedChunks: a session that deduplicates
+// against a chunk while Prune is copying it out of a mostly dead pack keeps
+// it protected in its new pack, so a second prune during the session does
+// not remove it.
+func TestPruneMovesProtectionWithRepackedChunks(t *testing.T) {
+	ctx := context.Background()
+	fsys := &hookFS{FS: repo.OSFS{}}
+	r := openRepo(t, t.TempDir(), repo.Options{FS: fsys, PackSize: 64 << 20})
+	small := file{id: "small", path: "/small", data: randomData(1, 50<<10)}
+	rpA := commitFiles(t, r, "site:a", "", []file{small,
+		{id: "big1", path: "/big1", data: randomData(2, 400<<10)},
+		{id: "big2", path: "/big2", data: randomData(3, 400<<10)}})
+	keep := commitFiles(t, r, "site:keep", "", []file{small}) // refers to small's chunk in pack A
+	if err := r.ForgetRestorePoint(ctx, rpA.ID); err != nil {
+		t.Fatal(err)
+	}
+	chunk := smallChunk(t, r, keep.ID, small.id)
+	packA, ok := repo.PackFileOf(r, chunk)
+	if !ok {
+		t.Fatal("small's chunk is not stored")
+	}
+
+	s, err := r.NewSession(ctx, repo.SessionOptions{Tenant: "t1", Source: "site:s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Abort()
+	var st repo.Stored
+	fsys.path, fsys.hook = packA, func() { // Prune is about to copy pack A
+		st, err = s.Store(ctx, bytes.NewReader(small.data))
+	}
+	rep, perr := r.Prune(ctx, repo.PruneOptions{})
+	if perr != nil || rep.PacksRewritten != 1 {
+		t.Fatalf("prune: %+v %v; want pack A rewritten", rep, perr)
+	}
+	if err != nil || st.NewChunks != 0 {
+		t.Fatalf("store during prune: %+v %v; want deduplicated", st, err)
+	}
+	// Now only the session refers to the chunk, in its new pack.
+	if err := r.ForgetRestorePoint(ctx, keep.ID); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := r.Prune(ctx, repo.PruneOptions{}); err != nil || rep.ChunksRemoved != 0 {
+		t.Fatalf("second prune: %+v %v; want the session's chunk kept", rep, err)
+	}
+	meta := itemMeta(small)
+	meta.Size, meta.SHA256, meta.Chunks = st.Size, st.SHA256, st.Chunks
+	if err := s.PutItem(ctx, meta); err != nil {
+		t.Fatal(err)
+	}
+	rp, err := s.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readItem(t, r, rp.ID, small.id); !bytes.Equal(got, small.data) {
+		t.Fatal("the session's item lost its content")
+	}
+	verifyClean(t, r, true)
+}
+
+// smallChunk returns the one chunk of a small item.
+func smallChunk(t *testing.T, r *repo.Repository, rp repo.RestorePointID, id string) repo.ChunkID {
+	t.Helper()
+	it, err := r.Item(context.Background(), rp, id)
+	if err != nil || len(it.Chunks) != 1 {
+		t.Fatalf("item %s: %+v %v", id, it, err)
+	}
+	return it.Chunks[0]
 }

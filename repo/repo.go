@@ -63,9 +63,9 @@ type Repository struct {
 	mu       sync.Mutex // guards the fields below
 	idx      *memIndex
 	sessions map[*Session]struct{}
-	inflight map[PackID]struct{}    // packs being renamed/indexed by writers
-	pruning  int                    // prunes running
-	retired  []map[ChunkID]struct{} // chunk sets of sessions that ended while a prune ran
+	inflight map[PackID]struct{} // packs being renamed/indexed by writers
+	pruning  int                 // prunes running
+	retired  []*protection       // protections of sessions that ended while a prune ran
 
 	maint  sync.RWMutex // Prune takes it exclusively, Verify shared
 	closed atomic.Bool

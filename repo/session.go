@@ -29,7 +29,7 @@ type SessionOptions struct {
 // Commit and Abort wait for running Store calls.
 //
 // While a session is open, every chunk it wrote or deduplicated against is
-// protected from Prune.
+// protected from Prune, with the rest of its pack (see protection).
 type Session struct {
 	r      *Repository
 	txn    *catalog.Txn
@@ -44,8 +44,7 @@ type Session struct {
 	errMu sync.Mutex
 	err   error // first write failure: the session cannot commit
 
-	// chunks is guarded by r.mu; value unused.
-	chunks map[ChunkID]struct{}
+	prot *protection // guarded by r.mu
 
 	newChunks atomic.Int64
 	newBytes  atomic.Int64
@@ -63,7 +62,7 @@ func (r *Repository) NewSession(ctx context.Context, opts SessionOptions) (*Sess
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{r: r, txn: txn, tenant: opts.Tenant, chunks: map[ChunkID]struct{}{}}
+	s := &Session{r: r, txn: txn, tenant: opts.Tenant, prot: newProtection()}
 	r.mu.Lock()
 	r.sessions[s] = struct{}{}
 	r.mu.Unlock()
@@ -161,7 +160,7 @@ func (s *Session) storeWhole(ctx context.Context, data []byte) (Stored, error) {
 	added, full, err := s.storeChunk(j)
 	r.slots <- sb
 	if err == nil && full != nil {
-		err = r.finishPack(full)
+		err = r.finishPack(full, s.prot)
 	}
 	if err != nil {
 		s.fail(err)
@@ -284,7 +283,7 @@ func (s *Session) storeChunked(ctx context.Context, rd io.Reader) (Stored, error
 			// slot before a full pack's fsync, which may take a while.
 			j.release(r)
 			if err == nil && full != nil {
-				err = r.finishPack(full)
+				err = r.finishPack(full, s.prot)
 			}
 			if err != nil {
 				s.fail(err)
@@ -330,12 +329,15 @@ func (s *Session) claim(id ChunkID) bool {
 	r := s.r
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := s.chunks[id]; ok {
+	if _, ok := s.prot.pending[id]; ok {
 		return true
 	}
-	s.chunks[id] = struct{}{}
-	_, ok := r.idx.chunks[id]
-	return ok
+	if loc, ok := r.idx.chunks[id]; ok {
+		s.prot.packs[loc.pack] = struct{}{}
+		return true
+	}
+	s.prot.pending[id] = struct{}{}
+	return false
 }
 
 // storeChunk hashes, deduplicates, encodes and packs one chunk; it returns
@@ -385,7 +387,9 @@ func (s *Session) addBlob(id ChunkID, stored []byte, raw int, flags uint8) (*pac
 // finishPack makes a pack durable and then indexes it: pack (temp → fsync →
 // rename → dir fsync) → index file (same) → in-memory index. Only then can
 // other sessions deduplicate against its chunks.
-func (r *Repository) finishPack(pw *packWriter) error {
+// owner, when not nil, is the protection of the session that wrote the pack:
+// its chunks move from pending to the pack's slot as the pack is indexed.
+func (r *Repository) finishPack(pw *packWriter, owner *protection) error {
 	if len(pw.entries) == 0 {
 		pw.w.abort()
 		return nil
@@ -416,6 +420,9 @@ func (r *Repository) finishPack(pw *packWriter) error {
 	}
 	r.mu.Lock()
 	r.idx.addFile(name, []indexedPack{ip})
+	if owner != nil {
+		owner.indexed(r.idx.packSlot[id], pw.entries)
+	}
 	r.mu.Unlock()
 	return nil
 }
@@ -450,13 +457,14 @@ func (s *Session) protect(chunks []ChunkID) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, c := range chunks {
-		if _, ok := s.chunks[c]; ok {
+		if _, ok := s.prot.pending[c]; ok {
 			continue
 		}
-		if _, ok := r.idx.chunks[c]; !ok {
+		loc, ok := r.idx.chunks[c]
+		if !ok {
 			return fmt.Errorf("chunk %s is not stored: %w", c, ErrInvalidArgument)
 		}
-		s.chunks[c] = struct{}{}
+		s.prot.packs[loc.pack] = struct{}{}
 	}
 	return nil
 }
@@ -544,7 +552,7 @@ func (s *Session) Commit(ctx context.Context) (RestorePoint, error) {
 		s.pw = nil
 		s.pmu.Unlock()
 		if pw != nil {
-			err = s.r.finishPack(pw)
+			err = s.r.finishPack(pw, s.prot)
 		}
 	}
 	var rp RestorePoint
@@ -594,7 +602,7 @@ func (s *Session) end() {
 	defer r.mu.Unlock()
 	delete(r.sessions, s)
 	if r.pruning > 0 {
-		r.retired = append(r.retired, s.chunks)
+		r.retired = append(r.retired, s.prot)
 	}
 }
 
