@@ -46,7 +46,7 @@ func jobClient(t *testing.T, maxRunning, maxQueued int) (pb.JobServiceClient, ch
 		defer cancel()
 		m.Close(ctx)
 	})
-	srv := NewServer(zap.NewNop(), DefaultLimits(), Services{Job: NewJobService(m)})
+	srv := NewServer(zap.NewNop(), DefaultLimits(), Security{}, Services{Job: NewJobService(m)})
 	return pb.NewJobServiceClient(startServer(t, srv)), gate
 }
 

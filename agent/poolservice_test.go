@@ -62,7 +62,7 @@ func (f *poolFixture) start() {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	srv := NewServer(log, DefaultLimits(), Services{Pool: NewPoolService(p, nil, nil, nil)})
+	srv := NewServer(log, DefaultLimits(), Security{}, Services{Pool: NewPoolService(p, nil, nil, nil)})
 	f.pool, f.logs, f.client = p, logs, pb.NewPoolServiceClient(startServer(f.t, srv))
 }
 

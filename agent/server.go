@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -39,6 +40,14 @@ type Limits struct {
 	KeepaliveMinTime time.Duration
 	// MaxConnectionIdle closes connections without RPCs for this long.
 	MaxConnectionIdle time.Duration
+	// DefaultRPCTimeout is the deadline of unary RPCs whose caller set
+	// none; streams and the few long unary RPCs (longUnary) are exempt.
+	DefaultRPCTimeout time.Duration
+	// RPCRate is the calls per second each caller may make on average, and
+	// RPCBurst how many at once; 0 disables the limit. A caller is its
+	// certificate's or token's name, or its address when anonymous.
+	RPCRate  float64
+	RPCBurst int
 }
 
 // DefaultLimits returns the limits the agent runs with.
@@ -50,6 +59,9 @@ func DefaultLimits() Limits {
 		ConnectionTimeout:    10 * time.Second,
 		KeepaliveMinTime:     10 * time.Second,
 		MaxConnectionIdle:    30 * time.Minute,
+		DefaultRPCTimeout:    2 * time.Minute,
+		RPCRate:              50,
+		RPCBurst:             100,
 	}
 }
 
@@ -69,11 +81,14 @@ type Server struct {
 	health *health.Server
 }
 
-// NewServer wires a gRPC server: limits, per-RPC logging, the services,
-// the standard health service and server reflection. extra options are
-// appended (tests use them to add interceptors or credentials).
-func NewServer(log *zap.Logger, limits Limits, svcs Services, extra ...grpc.ServerOption) *Server {
+// NewServer wires a gRPC server: limits, transport security, per-RPC
+// logging, panic recovery, admission (authentication, roles, rate limit),
+// default deadlines, the services, the standard health service and server
+// reflection. extra options are appended (tests use them to add interceptors
+// that run after these).
+func NewServer(log *zap.Logger, limits Limits, sec Security, svcs Services, extra ...grpc.ServerOption) *Server {
 	log = log.Named("grpc")
+	admit := newAdmission(sec, limits)
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(limits.MaxRecvMsgBytes),
 		grpc.MaxSendMsgSize(limits.MaxSendMsgBytes),
@@ -86,8 +101,13 @@ func NewServer(log *zap.Logger, limits Limits, svcs Services, extra ...grpc.Serv
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionIdle: limits.MaxConnectionIdle,
 		}),
-		grpc.ChainUnaryInterceptor(unaryLogger(log)),
-		grpc.ChainStreamInterceptor(streamLogger(log)),
+		// The logger is outermost to see the final code and the caller;
+		// recovery is next so that panics anywhere below are caught.
+		grpc.ChainUnaryInterceptor(unaryLogger(log), unaryRecover(log), admit.unary, unaryDeadline(limits.DefaultRPCTimeout)),
+		grpc.ChainStreamInterceptor(streamLogger(log), streamRecover(log), admit.stream),
+	}
+	if sec.TLS != nil {
+		opts = append(opts, grpc.Creds(handshakeLogger{credentials.NewTLS(sec.TLS), log}))
 	}
 	gs := grpc.NewServer(append(opts, extra...)...)
 

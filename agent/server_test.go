@@ -29,19 +29,36 @@ func (f fakeJobs) JobCounts() (int, int) { return f.running, f.queued }
 // The server is shut down when the test ends.
 func startServer(t *testing.T, srv *Server) *grpc.ClientConn {
 	t.Helper()
+	dial := serveBufconn(t, srv)
+	return dial(grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+// serveBufconn runs srv on a bufconn listener and returns a function that
+// opens client connections to it (closed when the test ends) with the given
+// options, e.g. transport credentials. The server is shut down when the
+// test ends.
+func serveBufconn(t *testing.T, srv *Server) func(opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
-	conn, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20)),
-	)
-	if err != nil {
-		t.Fatal(err)
+	var conns []*grpc.ClientConn
+	dial := func(opts ...grpc.DialOption) *grpc.ClientConn {
+		t.Helper()
+		conn, err := grpc.NewClient("passthrough:///bufnet", append([]grpc.DialOption{
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+			grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64 << 20)),
+		}, opts...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+		return conn
 	}
 	t.Cleanup(func() {
-		conn.Close()
+		for _, conn := range conns {
+			conn.Close()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := srv.Shutdown(ctx); err != nil {
@@ -51,12 +68,12 @@ func startServer(t *testing.T, srv *Server) *grpc.ClientConn {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return conn
+	return dial
 }
 
 func testServer(t *testing.T, extra ...grpc.ServerOption) (*Server, *grpc.ClientConn) {
 	start := time.Date(2026, 11, 26, 6, 0, 0, 0, time.UTC)
-	srv := NewServer(zap.NewNop(), DefaultLimits(), Services{
+	srv := NewServer(zap.NewNop(), DefaultLimits(), Security{}, Services{
 		Agent: NewInfoService(InfoConfig{
 			Start:             start,
 			Now:               func() time.Time { return start.Add(90 * time.Minute) },

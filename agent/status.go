@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/backup-proxy/backup-proxy/agent/auth"
 	"github.com/backup-proxy/backup-proxy/agent/jobs"
 	"github.com/backup-proxy/backup-proxy/pool"
 	"github.com/backup-proxy/backup-proxy/repo"
@@ -34,6 +35,8 @@ func toStatus(err error) error {
 		invalid      fieldViolation
 		precondition *pool.PreconditionError
 		queueFull    *jobs.QueueFullError
+		denied       *auth.DeniedError
+		rateLimited  *auth.RateLimitedError
 	)
 	switch {
 	case errors.As(err, &invalid):
@@ -48,6 +51,14 @@ func toStatus(err error) error {
 	case errors.As(err, &queueFull):
 		return withDetails(codes.ResourceExhausted, err.Error(), &errdetails.RetryInfo{
 			RetryDelay: durationpb.New(queueFull.RetryAfter),
+		})
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return status.Error(codes.Unauthenticated, err.Error())
+	case errors.As(err, &denied):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.As(err, &rateLimited):
+		return withDetails(codes.ResourceExhausted, err.Error(), &errdetails.RetryInfo{
+			RetryDelay: durationpb.New(rateLimited.RetryAfter),
 		})
 	case errors.Is(err, pool.ErrNoUsableApp):
 		return status.Error(codes.FailedPrecondition, err.Error())

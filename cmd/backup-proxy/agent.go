@@ -31,6 +31,11 @@ type agentConfig struct {
 	maxQueuedJobs   int
 	downloadsPerJob int
 	scheduler       scheduler.Config
+	security        agent.Security // zero: plaintext, every caller trusted
+	// rpcRate and rpcBurst bound each caller's RPCs; zero rate: no limit,
+	// which suits demo and tests driving the agent from one process.
+	rpcRate  float64
+	rpcBurst int
 }
 
 // assembled is a running agent's parts.
@@ -96,7 +101,9 @@ func assemble(log *zap.Logger, cfg agentConfig) (*assembled, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jobs: %w", err)
 	}
-	a.server = agent.NewServer(log, agent.DefaultLimits(), agent.Services{
+	limits := agent.DefaultLimits()
+	limits.RPCRate, limits.RPCBurst = cfg.rpcRate, cfg.rpcBurst
+	a.server = agent.NewServer(log, limits, cfg.security, agent.Services{
 		Agent: agent.NewInfoService(agent.InfoConfig{
 			Start:             time.Now(),
 			MaxConcurrentJobs: cfg.maxJobs,

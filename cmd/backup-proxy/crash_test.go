@@ -76,9 +76,10 @@ func TestAgentKilledMidJobResumes(t *testing.T) {
 	if err := os.WriteFile(caFile, sim.CACertPEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// No per-client rate limit: the test reads every item back at once.
 	args := []string{"serve", "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",
 		"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", caFile,
-		"--licenses", "100000", "--downloads-per-job", "2"}
+		"--licenses", "100000", "--downloads-per-job", "2", "--rpc-rate", "0"}
 
 	child, addr := startChild(t, args...)
 	e := &e2e{t: t, sim: sim}

@@ -63,6 +63,8 @@ func parseDemoFlags(args []string, stderr io.Writer) (*demoConfig, error) {
 	switch {
 	case fs.NArg() > 0:
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	case !loopbackAddr(c.listen):
+		return nil, fmt.Errorf("--listen: %q is not a loopback host:port; the demo agent runs without TLS, so it stays on this machine", c.listen)
 	case c.users < 0 || c.sites < 0 || c.users+c.sites == 0:
 		return nil, errors.New("--users and --sites: at least one source is needed")
 	case c.files < 1:

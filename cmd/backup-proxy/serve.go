@@ -20,6 +20,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/backup-proxy/backup-proxy/agent"
+	"github.com/backup-proxy/backup-proxy/agent/auth"
 	"github.com/backup-proxy/backup-proxy/internal/version"
 	"github.com/backup-proxy/backup-proxy/scheduler"
 )
@@ -43,6 +45,15 @@ type serveConfig struct {
 	company         string
 	memoryLimit     int64 // soft limit of the Go heap in bytes; 0: none
 	shutdownTimeout time.Duration
+
+	tlsCertFile       string
+	tlsKeyFile        string
+	clientCAFile      string
+	tokenFile         string
+	insecureOnNetwork bool           // --insecure-plaintext-on-network
+	security          agent.Security // loaded from the files above
+	rpcRate           float64
+	rpcBurst          int
 }
 
 // parseServeFlags parses and validates the flags of `serve`. Every problem is
@@ -74,6 +85,13 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.StringVar(&cfg.company, "company", "backup-proxy", "company name in the User-Agent: ISV|<company>|backup-proxy/<version>")
 	memLimit := fs.String("memory-limit", "192MiB", "soft limit of the agent's heap (KiB, MiB, GiB suffixes; 0 for none); the GOMEMLIMIT environment variable takes precedence")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight RPCs may finish on shutdown")
+	fs.StringVar(&cfg.tlsCertFile, "tls-cert", "", "PEM certificate (chain) of the gRPC server; turns on TLS 1.3, and callers must then authenticate")
+	fs.StringVar(&cfg.tlsKeyFile, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&cfg.clientCAFile, "client-ca", "", "PEM CA certificates; every connection must present a client certificate they issued (mutual TLS), whose O values backup-proxy:read and backup-proxy:write grant the roles")
+	fs.StringVar(&cfg.tokenFile, "auth-token-file", "", "file of bearer tokens, one \"<name> <roles> <token>\" a line (roles: read,write), mode 0600; accepted over TLS only")
+	fs.Float64Var(&cfg.rpcRate, "rpc-rate", 50, "RPCs per second each caller may make on average; beyond it RESOURCE_EXHAUSTED (0: no limit)")
+	fs.IntVar(&cfg.rpcBurst, "rpc-burst", 100, "RPCs each caller may make at once before --rpc-rate applies")
+	fs.BoolVar(&cfg.insecureOnNetwork, "insecure-plaintext-on-network", false, "allow a non-loopback --listen without TLS: anyone who reaches the port controls the agent and reads its backups")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -86,13 +104,13 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	if cfg.logFormat != "json" && cfg.logFormat != "console" {
 		return nil, fmt.Errorf("--log-format: %q is not json or console", cfg.logFormat)
 	}
-	if _, _, err := net.SplitHostPort(cfg.listen); err != nil {
+	listenHost, _, err := net.SplitHostPort(cfg.listen)
+	if err != nil {
 		return nil, fmt.Errorf("--listen: %q is not host:port: %w", cfg.listen, err)
 	}
 	if cfg.dataDir == "" {
 		return nil, errors.New("--data: a directory is required")
 	}
-	var err error
 	if cfg.graphURL, err = parseBaseURL("--graph-url", graphURL); err != nil {
 		return nil, err
 	}
@@ -131,7 +149,78 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	if cfg.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout: must be positive, got %v", cfg.shutdownTimeout)
 	}
+	if err := cfg.loadSecurity(listenHost); err != nil {
+		return nil, err
+	}
+	if cfg.rpcRate < 0 {
+		return nil, fmt.Errorf("--rpc-rate: must not be negative, got %v", cfg.rpcRate)
+	}
+	if cfg.rpcRate > 0 && cfg.rpcBurst < 1 {
+		return nil, fmt.Errorf("--rpc-burst: must be at least 1, got %d", cfg.rpcBurst)
+	}
 	return &cfg, nil
+}
+
+// loadSecurity checks the transport security flags against each other and
+// the listen address, and loads their files into cfg.security.
+func (cfg *serveConfig) loadSecurity(listenHost string) error {
+	if cfg.tlsCertFile == "" {
+		switch {
+		case cfg.tlsKeyFile != "":
+			return errors.New("--tls-key: needs --tls-cert")
+		case cfg.clientCAFile != "":
+			return errors.New("--client-ca: mutual TLS needs --tls-cert and --tls-key")
+		case cfg.tokenFile != "":
+			return errors.New("--auth-token-file: bearer tokens are only accepted over TLS; give --tls-cert and --tls-key")
+		case !isLoopback(listenHost) && !cfg.insecureOnNetwork:
+			return fmt.Errorf("--listen: %s is reachable from the network but TLS is off, so anyone reaching it could control the agent and read its backups; "+
+				"give --tls-cert, --tls-key and --client-ca (README: Running with mutual TLS), or accept the risk with --insecure-plaintext-on-network", cfg.listen)
+		}
+		return nil
+	}
+	if cfg.tlsKeyFile == "" {
+		return errors.New("--tls-cert: needs --tls-key")
+	}
+	if cfg.insecureOnNetwork {
+		return errors.New("--insecure-plaintext-on-network: contradicts --tls-cert; drop it")
+	}
+	if cfg.clientCAFile == "" && cfg.tokenFile == "" {
+		// TLS alone would encrypt, yet let every caller do everything.
+		return errors.New("--tls-cert: with TLS every caller must authenticate; give --client-ca (client certificates), --auth-token-file (bearer tokens) or both")
+	}
+	cert, err := auth.LoadServerCertificate(cfg.tlsCertFile, cfg.tlsKeyFile, time.Now())
+	if err != nil {
+		return fmt.Errorf("--tls-cert, --tls-key: %w", err)
+	}
+	var clientCAs *x509.CertPool
+	if cfg.clientCAFile != "" {
+		if clientCAs, err = auth.LoadCertPool(cfg.clientCAFile); err != nil {
+			return fmt.Errorf("--client-ca: %w", err)
+		}
+	}
+	if cfg.tokenFile != "" {
+		if cfg.security.Tokens, err = auth.LoadTokens(cfg.tokenFile); err != nil {
+			return fmt.Errorf("--auth-token-file: %w", err)
+		}
+	}
+	cfg.security.TLS = auth.ServerTLS(cert, clientCAs)
+	return nil
+}
+
+// loopbackAddr reports whether a host:port listen address is on loopback.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	return err == nil && isLoopback(host)
+}
+
+// isLoopback reports whether a listen host is reachable from this machine
+// only. Other host names are not resolved: they count as the network.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // parseBytes parses a byte count with an optional KiB, MiB or GiB suffix.
@@ -246,6 +335,18 @@ func serve(ctx context.Context, cfg *serveConfig, lis net.Listener, log *zap.Log
 		zap.Stringer("login_url", cfg.loginURL),
 		zap.String("ca_file", cfg.caFile),
 	)
+	if cfg.security.TLS != nil {
+		log.Info("transport security: TLS 1.3; callers authenticate",
+			zap.String("tls_cert", cfg.tlsCertFile),
+			zap.String("client_ca", cfg.clientCAFile),
+			zap.String("auth_token_file", cfg.tokenFile),
+		)
+	} else if cfg.insecureOnNetwork {
+		log.Warn("transport security OFF on a network address (--insecure-plaintext-on-network): anyone who reaches it controls the agent and reads its backups",
+			zap.String("listen", cfg.listen))
+	} else {
+		log.Info("transport security off: plaintext on loopback, every local caller holds every role")
+	}
 	a, err := assemble(log, cfg.agentConfig())
 	if err != nil {
 		log.Error("cannot start", zap.Error(err))
@@ -307,6 +408,9 @@ func (c *serveConfig) agentConfig() agentConfig {
 		maxJobs:         c.maxJobs,
 		maxQueuedJobs:   c.maxQueuedJobs,
 		downloadsPerJob: c.downloadsPerJob,
+		security:        c.security,
+		rpcRate:         c.rpcRate,
+		rpcBurst:        c.rpcBurst,
 		scheduler: scheduler.Config{
 			Company:     c.company,
 			TenantShare: c.tenantShare,
