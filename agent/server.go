@@ -60,8 +60,8 @@ func DefaultLimits() Limits {
 		KeepaliveMinTime:     10 * time.Second,
 		MaxConnectionIdle:    30 * time.Minute,
 		DefaultRPCTimeout:    2 * time.Minute,
-		RPCRate:              50,
-		RPCBurst:             100,
+		RPCRate:              200,
+		RPCBurst:             400,
 	}
 }
 

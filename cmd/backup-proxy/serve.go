@@ -89,8 +89,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.StringVar(&cfg.tlsKeyFile, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&cfg.clientCAFile, "client-ca", "", "PEM CA certificates; every connection must present a client certificate they issued (mutual TLS), whose O values backup-proxy:read and backup-proxy:write grant the roles")
 	fs.StringVar(&cfg.tokenFile, "auth-token-file", "", "file of bearer tokens, one \"<name> <roles> <token>\" a line (roles: read,write), mode 0600; accepted over TLS only")
-	fs.Float64Var(&cfg.rpcRate, "rpc-rate", 50, "RPCs per second each caller may make on average; beyond it RESOURCE_EXHAUSTED (0: no limit)")
-	fs.IntVar(&cfg.rpcBurst, "rpc-burst", 100, "RPCs each caller may make at once before --rpc-rate applies")
+	fs.Float64Var(&cfg.rpcRate, "rpc-rate", 200, "RPCs per second each caller may make on average; beyond it RESOURCE_EXHAUSTED (0: no limit)")
+	fs.IntVar(&cfg.rpcBurst, "rpc-burst", 400, "RPCs each caller may make at once before --rpc-rate applies")
 	fs.BoolVar(&cfg.insecureOnNetwork, "insecure-plaintext-on-network", false, "allow a non-loopback --listen without TLS: anyone who reaches the port controls the agent and reads its backups")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -164,7 +164,7 @@ func TestParseServeFlagsDefaults(t *testing.T) {
 	}
 	if cfg.listen != "127.0.0.1:50051" || cfg.graphURL.String() != "https://graph.microsoft.com" ||
 		cfg.loginURL.String() != "https://login.microsoftonline.com" || cfg.maxJobs != 4 || cfg.memoryLimit != 192<<20 ||
-		cfg.rpcRate != 50 || cfg.rpcBurst != 100 || cfg.security.TLS != nil || cfg.insecureOnNetwork {
+		cfg.rpcRate != 200 || cfg.rpcBurst != 400 || cfg.security.TLS != nil || cfg.insecureOnNetwork {
 		t.Errorf("defaults = %+v", cfg)
 	}
 }
