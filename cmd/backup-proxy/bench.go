@@ -125,6 +125,7 @@ const benchUsage = `usage:
   backup-proxy bench throttle [flags]   three clients against graphsim's throttling (issue: the scheduler)
   backup-proxy bench backup [flags]     full backups end to end, throttling off and on
   backup-proxy bench memory [flags]     peak RSS of an agent process backing up one large drive
+  backup-proxy bench load [flags]       GetJob/ListJobs with ghz over mutual TLS during a backup (scripts/loadtest)
 `
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -139,6 +140,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return runBenchBackup(ctx, args[1:], stdout, stderr)
 	case "memory":
 		return runBenchMemory(ctx, args[1:], stdout, stderr)
+	case "load":
+		return runBenchLoad(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, benchUsage)
 	return exitUsage

@@ -253,7 +253,7 @@ func runBenchMemory(ctx context.Context, args []string, stdout, stderr io.Writer
 			fmt.Fprintf(stderr, "backup-proxy bench memory: %v\n", err)
 			return exitFailure
 		}
-		mib := func(b int64) float64 { return round(float64(b)/(1<<20), 1) }
+
 		line, _ := json.Marshal(map[string]any{"items": m.items, "wall_seconds": round(m.wall, 1), "peak_rss_mib": mib(m.peak),
 			"end_rss_anon_mib": mib(m.anon), "end_rss_file_mib": mib(m.file)})
 		fmt.Fprintln(stdout, string(line))
