@@ -103,7 +103,8 @@ type loadResult struct {
 func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer) (res loadResult, err error) {
 	pki := func(name string) string { return filepath.Join(cfg.pki, name) }
 	// One OneDrive large enough to outlast the load: the agent paces two
-	// apps at 600 RU a minute each, a few files a second.
+	// apps at 120 RU a minute each, a file or two a second, so that the
+	// backup's own growth does not hide what the load does to memory.
 	sim, err := graphsim.New(graphsim.Options{Seed: 8, Users: 1, Sites: -1, FilesPerDrive: 20000, Apps: 2,
 		SizeMix: []graphsim.SizeClass{{Weight: 1, Min: 1 << 10, Max: 256 << 10}}, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}})
 	if err != nil {
@@ -122,7 +123,7 @@ func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer
 	p, err := startAgentProcess(exe, nil, "serve", "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",
 		"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", simCA,
 		"--tls-cert", pki("server.pem"), "--tls-key", pki("server-key.pem"), "--client-ca", pki("ca.pem"),
-		"--app-ru-per-minute", "600")
+		"--app-ru-per-minute", "120")
 	if err != nil {
 		return res, err
 	}
@@ -245,7 +246,9 @@ func clientTLS(caFile, certFile, keyFile string) (credentials.TransportCredentia
 func runGHZ(ctx context.Context, cfg loadConfig, pki func(string) string, addr, method, data string) (loadCall, error) {
 	cmd := exec.CommandContext(ctx, cfg.ghz, "--cacert", pki("ca.pem"), "--cert", pki("reader.pem"), "--key", pki("reader-key.pem"),
 		"--call", method, "--data", data, "--rps", fmt.Sprint(cfg.rps), "--duration", cfg.duration.String(),
-		"--concurrency", "10", "--connections", "1", "--format", "json", addr)
+		"--concurrency", "10", "--connections", "1",
+		// Calls in flight at the end finish: they are not failures.
+		"--duration-stop", "wait", "--format", "json", addr)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
