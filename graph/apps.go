@@ -48,7 +48,7 @@ func (c *Client) RegisterApplication(ctx context.Context, displayName string, ce
 	app.SetSignInAudience(ptr("AzureADMyOrg"))
 	app.SetKeyCredentials([]models.KeyCredentialable{kc})
 	app.SetRequiredResourceAccess([]models.RequiredResourceAccessable{access})
-	created, err := c.sdk.Applications().Post(ctx, app, nil)
+	created, err := sdkCall("register application", func() (models.Applicationable, error) { return c.sdk.Applications().Post(ctx, app, nil) })
 	if err != nil {
 		return "", fmt.Errorf("register application %q: %w", displayName, mapError(err))
 	}
@@ -56,7 +56,7 @@ func (c *Client) RegisterApplication(ctx context.Context, displayName string, ce
 
 	sp := models.NewServicePrincipal()
 	sp.SetAppId(&appID)
-	newSP, err := c.sdk.ServicePrincipals().Post(ctx, sp, nil)
+	newSP, err := sdkCall("service principal", func() (models.ServicePrincipalable, error) { return c.sdk.ServicePrincipals().Post(ctx, sp, nil) })
 	if err != nil {
 		return "", fmt.Errorf("service principal of %s: %w", appID, mapError(err))
 	}
@@ -69,7 +69,9 @@ func (c *Client) RegisterApplication(ctx context.Context, displayName string, ce
 		a.SetPrincipalId(&principal)
 		a.SetResourceId(&graphSP)
 		a.SetAppRoleId(&role)
-		if _, err := c.sdk.ServicePrincipals().ByServicePrincipalId(principal.String()).AppRoleAssignments().Post(ctx, a, nil); err != nil {
+		if _, err := sdkCall("app role assignment", func() (models.AppRoleAssignmentable, error) {
+			return c.sdk.ServicePrincipals().ByServicePrincipalId(principal.String()).AppRoleAssignments().Post(ctx, a, nil)
+		}); err != nil {
 			return "", fmt.Errorf("grant %s to %s: %w", role, appID, mapError(err))
 		}
 	}
@@ -80,8 +82,10 @@ func (c *Client) RegisterApplication(ctx context.Context, displayName string, ce
 // tenant and the ids of BackupRoles on it.
 func (c *Client) graphServicePrincipal(ctx context.Context) (uuid.UUID, []uuid.UUID, error) {
 	filter := "appId eq '" + graphAppID + "'"
-	resp, err := c.sdk.ServicePrincipals().Get(ctx, &serviceprincipals.ServicePrincipalsRequestBuilderGetRequestConfiguration{
-		QueryParameters: &serviceprincipals.ServicePrincipalsRequestBuilderGetQueryParameters{Filter: &filter},
+	resp, err := sdkCall("service principals", func() (models.ServicePrincipalCollectionResponseable, error) {
+		return c.sdk.ServicePrincipals().Get(ctx, &serviceprincipals.ServicePrincipalsRequestBuilderGetRequestConfiguration{
+			QueryParameters: &serviceprincipals.ServicePrincipalsRequestBuilderGetQueryParameters{Filter: &filter},
+		})
 	})
 	if err != nil {
 		return uuid.UUID{}, nil, fmt.Errorf("find Microsoft Graph's service principal: %w", mapError(err))
@@ -90,6 +94,9 @@ func (c *Client) graphServicePrincipal(ctx context.Context) (uuid.UUID, []uuid.U
 		return uuid.UUID{}, nil, fmt.Errorf("find Microsoft Graph's service principal: %d found", len(resp.GetValue()))
 	}
 	sp := resp.GetValue()[0]
+	if sp == nil {
+		return uuid.UUID{}, nil, fmt.Errorf("find Microsoft Graph's service principal: %w", errNullEntry)
+	}
 	id, err := uuid.Parse(deref(sp.GetId()))
 	if err != nil {
 		return uuid.UUID{}, nil, fmt.Errorf("Microsoft Graph's service principal id %q: %w", deref(sp.GetId()), err)

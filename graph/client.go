@@ -21,6 +21,7 @@ import (
 	msgraph "github.com/microsoftgraph/msgraph-sdk-go"
 	"github.com/microsoftgraph/msgraph-sdk-go/models"
 	"github.com/microsoftgraph/msgraph-sdk-go/models/odataerrors"
+	"github.com/microsoftgraph/msgraph-sdk-go/sites"
 )
 
 // Client reads one tenant through Microsoft Graph.
@@ -82,7 +83,7 @@ type Site struct {
 
 // UserDrive returns a user's OneDrive. user is a UPN or an object id.
 func (c *Client) UserDrive(ctx context.Context, user string) (Drive, error) {
-	d, err := c.sdk.Users().ByUserId(user).Drive().Get(ctx, nil)
+	d, err := sdkCall("drive of user", func() (models.Driveable, error) { return c.sdk.Users().ByUserId(user).Drive().Get(ctx, nil) })
 	if err != nil {
 		err = mapError(err)
 		if errors.Is(err, ErrNotFound) && strings.Contains(strings.ToLower(err.Error()), "mysite") {
@@ -105,7 +106,7 @@ func (c *Client) ResolveSite(ctx context.Context, ref string) (Site, error) {
 			raw = c.base + "/sites/" + u.Host + ":" + path
 		}
 	}
-	s, err := c.sdk.Sites().BySiteId("x").WithUrl(raw).Get(ctx, nil)
+	s, err := sdkCall("site", func() (models.Siteable, error) { return c.sdk.Sites().BySiteId("x").WithUrl(raw).Get(ctx, nil) })
 	if err != nil {
 		return Site{}, fmt.Errorf("site %s: %w", ref, mapError(err))
 	}
@@ -116,19 +117,25 @@ func (c *Client) ResolveSite(ctx context.Context, ref string) (Site, error) {
 func (c *Client) SiteDrives(ctx context.Context, siteID string) ([]Drive, error) {
 	var out []Drive
 	b := c.sdk.Sites().BySiteId(siteID).Drives()
-	page, err := b.Get(ctx, nil)
+	get := func(b *sites.ItemDrivesRequestBuilder) (models.DriveCollectionResponseable, error) {
+		return sdkCall("drives of site", func() (models.DriveCollectionResponseable, error) { return b.Get(ctx, nil) })
+	}
+	page, err := get(b)
 	for {
 		if err != nil {
 			return nil, fmt.Errorf("drives of site %s: %w", siteID, mapError(err))
 		}
 		for _, d := range page.GetValue() {
+			if d == nil {
+				return nil, fmt.Errorf("drives of site %s: %w", siteID, errNullEntry)
+			}
 			out = append(out, driveOf(d))
 		}
 		next := deref(page.GetOdataNextLink())
 		if next == "" {
 			return out, nil
 		}
-		page, err = b.WithUrl(next).Get(ctx, nil)
+		page, err = get(b.WithUrl(next))
 	}
 }
 
@@ -162,6 +169,27 @@ func mapError(err error) error {
 	}
 	return errors.New("graph: " + desc)
 }
+
+// sdkCall runs an SDK request and turns a panic inside it, or no result,
+// into an error: msgraph-sdk-go's JSON parse nodes panic on some bodies (a
+// bare null where an object belongs) and return no object for an empty one,
+// and a malformed answer must fail the job, not crash the agent.
+func sdkCall[T any](what string, fn func() (T, error)) (res T, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			var zero T
+			res, err = zero, fmt.Errorf("graph: %s: unreadable response (%v)", what, r)
+		}
+	}()
+	res, err = fn()
+	if err == nil && any(res) == nil {
+		err = fmt.Errorf("graph: %s: empty response", what)
+	}
+	return res, err
+}
+
+// errNullEntry: a collection holds a null where an object belongs.
+var errNullEntry = errors.New("graph: a null entry in a collection")
 
 func deref[T any](p *T) T {
 	var zero T

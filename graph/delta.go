@@ -53,20 +53,56 @@ func (c *Client) DeltaStart(driveID string) string {
 // stored DeltaLink, or a ResyncError's Location. A dead token gives a
 // *ResyncError.
 func (c *Client) Delta(ctx context.Context, link string) (DeltaPage, error) {
-	resp, err := drives.NewItemItemsItemDeltaRequestBuilder(link, c.adapter).GetAsDeltaGetResponse(ctx, nil)
+	resp, err := sdkCall("delta page", func() (drives.ItemItemsItemDeltaGetResponseable, error) {
+		return drives.NewItemItemsItemDeltaRequestBuilder(link, c.adapter).GetAsDeltaGetResponse(ctx, nil)
+	})
 	if err != nil {
 		return DeltaPage{}, mapError(err)
 	}
+	return pageOf(resp)
+}
+
+// pageOf converts a delta response (not nil: sdkCall saw to that), refusing
+// what the crawl cannot use: a page that leads nowhere, a null entry, or an
+// item that breaks checkItem.
+func pageOf(resp drives.ItemItemsItemDeltaGetResponseable) (DeltaPage, error) {
 	page := DeltaPage{NextLink: deref(resp.GetOdataNextLink()), DeltaLink: deref(resp.GetOdataDeltaLink())}
 	if page.NextLink == "" && page.DeltaLink == "" {
 		return DeltaPage{}, fmt.Errorf("graph: delta page without nextLink or deltaLink")
 	}
 	values := resp.GetValue()
 	page.Items = make([]Item, 0, len(values))
-	for _, v := range values {
-		page.Items = append(page.Items, itemOf(v))
+	for i, v := range values {
+		if v == nil { // "value": [null]
+			return DeltaPage{}, fmt.Errorf("graph: delta page entry %d is null", i)
+		}
+		it := itemOf(v)
+		if err := checkItem(it); err != nil {
+			return DeltaPage{}, fmt.Errorf("graph: delta page entry %d: %w", i, err)
+		}
+		page.Items = append(page.Items, it)
 	}
 	return page, nil
+}
+
+// checkItem holds an item to what the crawl assumes of it: an id (items
+// are keyed by it), a size that is not negative, and, for an item that is
+// neither deleted nor the root, a name that is one path element (its path
+// is the parent's joined with the name; "../x" would land elsewhere).
+// Graph never sends otherwise; a page that does is refused whole rather
+// than recorded wrong.
+func checkItem(it Item) error {
+	switch {
+	case it.ID == "":
+		return fmt.Errorf("an item without id")
+	case it.Size < 0:
+		return fmt.Errorf("item %s has size %d", it.ID, it.Size)
+	case it.Deleted || it.Root:
+		return nil
+	case it.Name == "" || it.Name == "." || it.Name == ".." || strings.ContainsRune(it.Name, '/'):
+		return fmt.Errorf("item %s has name %q, which is not a file or folder name", it.ID, it.Name)
+	}
+	return nil
 }
 
 func itemOf(v models.DriveItemable) Item {
@@ -102,7 +138,9 @@ func itemOf(v models.DriveItemable) Item {
 // paths, so a crawl that meets a child before its parent asks for the
 // parent's path this way.
 func (c *Client) ItemPath(ctx context.Context, driveID, itemID string) (string, error) {
-	it, err := c.sdk.Drives().ByDriveId(driveID).Items().ByDriveItemId(itemID).Get(ctx, nil)
+	it, err := sdkCall("item", func() (models.DriveItemable, error) {
+		return c.sdk.Drives().ByDriveId(driveID).Items().ByDriveItemId(itemID).Get(ctx, nil)
+	})
 	if err != nil {
 		return "", fmt.Errorf("item %s: %w", itemID, mapError(err))
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	absser "github.com/microsoft/kiota-abstractions-go/serialization"
+	"github.com/microsoftgraph/msgraph-sdk-go/models"
 	"github.com/microsoftgraph/msgraph-sdk-go/sites"
 )
 
@@ -30,12 +31,18 @@ type ListItem struct {
 func (c *Client) Lists(ctx context.Context, siteID string) ([]List, error) {
 	var out []List
 	b := c.sdk.Sites().BySiteId(siteID).Lists()
-	page, err := b.Get(ctx, nil)
+	get := func(b *sites.ItemListsRequestBuilder) (models.ListCollectionResponseable, error) {
+		return sdkCall("lists of site", func() (models.ListCollectionResponseable, error) { return b.Get(ctx, nil) })
+	}
+	page, err := get(b)
 	for {
 		if err != nil {
 			return nil, fmt.Errorf("lists of site %s: %w", siteID, mapError(err))
 		}
 		for _, l := range page.GetValue() {
+			if l == nil {
+				return nil, fmt.Errorf("lists of site %s: %w", siteID, errNullEntry)
+			}
 			template := ""
 			if info := l.GetList(); info != nil {
 				template = deref(info.GetTemplate())
@@ -49,14 +56,17 @@ func (c *Client) Lists(ctx context.Context, siteID string) ([]List, error) {
 		if next == "" {
 			return out, nil
 		}
-		page, err = b.WithUrl(next).Get(ctx, nil)
+		page, err = get(b.WithUrl(next))
 	}
 }
 
 // ListItems calls fn for every item of a list, page by page.
 func (c *Client) ListItems(ctx context.Context, siteID, listID string, fn func(ListItem) error) error {
 	b := c.sdk.Sites().BySiteId(siteID).Lists().ByListId(listID).Items()
-	page, err := b.Get(ctx, &sites.ItemListsItemItemsRequestBuilderGetRequestConfiguration{
+	get := func(b *sites.ItemListsItemItemsRequestBuilder, cfg *sites.ItemListsItemItemsRequestBuilderGetRequestConfiguration) (models.ListItemCollectionResponseable, error) {
+		return sdkCall("list items", func() (models.ListItemCollectionResponseable, error) { return b.Get(ctx, cfg) })
+	}
+	page, err := get(b, &sites.ItemListsItemItemsRequestBuilderGetRequestConfiguration{
 		QueryParameters: &sites.ItemListsItemItemsRequestBuilderGetQueryParameters{Expand: []string{"fields"}},
 	})
 	for {
@@ -64,6 +74,9 @@ func (c *Client) ListItems(ctx context.Context, siteID, listID string, fn func(L
 			return fmt.Errorf("items of list %s: %w", listID, mapError(err))
 		}
 		for _, it := range page.GetValue() {
+			if it == nil {
+				return fmt.Errorf("items of list %s: %w", listID, errNullEntry)
+			}
 			data, err := absser.SerializeToJson(it)
 			if err != nil {
 				return fmt.Errorf("items of list %s: encode %s: %w", listID, deref(it.GetId()), err)
@@ -76,6 +89,6 @@ func (c *Client) ListItems(ctx context.Context, siteID, listID string, fn func(L
 		if next == "" {
 			return nil
 		}
-		page, err = b.WithUrl(next).Get(ctx, nil)
+		page, err = get(b.WithUrl(next), nil)
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"math/big"
@@ -255,10 +257,26 @@ func FuzzParseCertificate(f *testing.F) {
 			if !errors.As(err, &ia) {
 				t.Fatalf("error of type %T: %v", err, err)
 			}
+			if strings.Contains(err.Error(), "-----BEGIN") {
+				t.Fatalf("error quotes PEM: %v", err)
+			}
 			return
 		}
 		if cert.Key.RSA() == nil || len(cert.Chain) == 0 || cert.Key.RSA().N.BitLen() < MinRSABits {
 			t.Fatal("accepted an incomplete certificate")
+		}
+		// The leaf is the key's certificate, valid now, and the thumbprints
+		// are its own: Entra matches the key by them.
+		leaf := cert.Leaf()
+		if pub, ok := leaf.PublicKey.(*rsa.PublicKey); !ok || !pub.Equal(&cert.Key.RSA().PublicKey) {
+			t.Fatal("the leaf is not the certificate of the key")
+		}
+		if testNow.Before(leaf.NotBefore) || testNow.After(leaf.NotAfter) {
+			t.Fatalf("accepted a certificate valid %v to %v at %v", leaf.NotBefore, leaf.NotAfter, testNow)
+		}
+		sum := sha256.Sum256(leaf.Raw)
+		if cert.SHA256 != strings.ToUpper(hex.EncodeToString(sum[:])) {
+			t.Fatalf("SHA-256 thumbprint %s is not the leaf's", cert.SHA256)
 		}
 	})
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -79,6 +80,8 @@ type App struct {
 	cert         *Certificate
 	tokens       *tokenSource
 	now          func() time.Time
+
+	tokenFailures atomic.Int64 // failed token requests, across certificates
 }
 
 // Info is a snapshot of an application, safe to return to callers: it holds
@@ -94,6 +97,9 @@ type Info struct {
 	ExpiresSoon      bool
 	State            State
 	Reason           string
+	// TokenFailures counts the application's failed token requests to
+	// Entra since the agent started.
+	TokenFailures int64
 }
 
 // Open loads the pool persisted in cfg.Dir (an empty pool if there is none).
@@ -161,11 +167,12 @@ func (p *Pool) newApp(tenantID, clientID, name string, org bool, cert *Certifica
 	if err != nil {
 		return nil, err
 	}
-	return &App{
+	a := &App{
 		TenantID: tenantID, ClientID: clientID,
-		displayName: name, organization: org, cert: cert,
-		tokens: newTokenSource(cred, p.cfg.Now), now: p.cfg.Now,
-	}, nil
+		displayName: name, organization: org, cert: cert, now: p.cfg.Now,
+	}
+	a.tokens = newTokenSource(cred, p.cfg.Now, &a.tokenFailures)
+	return a, nil
 }
 
 func sortApps(apps []*App) {
@@ -288,7 +295,9 @@ func (p *Pool) UpdateCertificate(ctx context.Context, tenantID, clientID string,
 	if err != nil {
 		return Info{}, err
 	}
-	tokens := newTokenSource(cred, p.cfg.Now)
+	// A refused new certificate counts against the app too: it is a
+	// failed token request of this application.
+	tokens := newTokenSource(cred, p.cfg.Now, &app.tokenFailures)
 	if _, err := tokens.Token(ctx); err != nil {
 		return Info{}, &PreconditionError{Reason: "Entra refused the new certificate: " + reasonOf(err)}
 	}
@@ -442,6 +451,10 @@ func (a *App) Usable() bool {
 	return a.Info().State == StateReady
 }
 
+// TokenFailures returns how many token requests of the application failed
+// since the agent started.
+func (a *App) TokenFailures() int64 { return a.tokenFailures.Load() }
+
 // Organization reports whether this is the tenant's organization app.
 func (a *App) Organization() bool {
 	a.mu.RLock()
@@ -456,6 +469,7 @@ func (a *App) Info() Info {
 	info := Info{
 		TenantID: a.TenantID, ClientID: a.ClientID, DisplayName: a.displayName, Organization: a.organization,
 		ThumbprintSHA1: cert.SHA1, ThumbprintSHA256: cert.SHA256, NotAfter: cert.Leaf().NotAfter,
+		TokenFailures: a.tokenFailures.Load(),
 	}
 	a.mu.RUnlock()
 	now := a.now()

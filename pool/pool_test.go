@@ -222,6 +222,9 @@ func TestUpdateCertificate(t *testing.T) {
 	if tok, err := app.Token(context.Background()); err != nil || tok != oldTok {
 		t.Fatalf("old certificate stopped working: %q, %v", tok, err)
 	}
+	if n := app.TokenFailures(); n != 1 {
+		t.Errorf("token failures after a refused certificate = %d, want 1", n)
+	}
 
 	newBundle, newSHA1 := f.bundle(orgApp, 2)
 	info, err := f.pool.UpdateCertificate(context.Background(), tenantA, orgApp, newBundle, "")
@@ -233,6 +236,9 @@ func TestUpdateCertificate(t *testing.T) {
 	}
 	if _, err := app.Token(context.Background()); err != nil {
 		t.Errorf("token after update: %v", err)
+	}
+	if n := app.Info().TokenFailures; n != 1 {
+		t.Errorf("token failures after the update = %d, want 1 (the count outlives the certificate)", n)
 	}
 	f.reopen()
 	if got := f.pool.List(tenantA)[0].ThumbprintSHA1; got != newSHA1 {
@@ -283,7 +289,7 @@ func TestTokenFailureMarksAppFailed(t *testing.T) {
 		t.Fatal("token although Entra refuses")
 	}
 	info := app.Info()
-	if info.State != StateFailed || !strings.Contains(info.Reason, "AADSTS700027") || app.Usable() {
+	if info.State != StateFailed || !strings.Contains(info.Reason, "AADSTS700027") || app.Usable() || info.TokenFailures != 1 {
 		t.Errorf("info = %+v", info)
 	}
 }

@@ -39,6 +39,9 @@ type credential interface {
 type tokenSource struct {
 	cred credential
 	now  func() time.Time
+	// failed counts failed token requests. It belongs to the application,
+	// so the count survives a certificate update, which replaces the source.
+	failed *atomic.Int64
 
 	current atomic.Pointer[cachedToken]
 
@@ -55,8 +58,13 @@ type cachedToken struct {
 	refreshAt time.Time
 }
 
-func newTokenSource(cred credential, now func() time.Time) *tokenSource {
-	return &tokenSource{cred: cred, now: now}
+// newTokenSource returns a source that counts its failed token requests in
+// failed (a counter of its own if nil).
+func newTokenSource(cred credential, now func() time.Time, failed *atomic.Int64) *tokenSource {
+	if failed == nil {
+		failed = new(atomic.Int64)
+	}
+	return &tokenSource{cred: cred, now: now, failed: failed}
 }
 
 // ErrTokenUnavailable wraps the reason an application has no token now.
@@ -121,6 +129,7 @@ func (s *tokenSource) renew(done chan struct{}) {
 	now := s.now()
 	if err != nil {
 		s.failures++
+		s.failed.Add(1)
 		backoff := minBackoff << min(s.failures-1, 20)
 		s.retryAt = now.Add(min(backoff, maxBackoff))
 		s.lastErr = &TokenError{Reason: describeTokenError(err)}

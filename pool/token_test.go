@@ -68,7 +68,7 @@ func (c *fakeCred) GetToken(ctx context.Context, opts policy.TokenRequestOptions
 func TestTokenCachedAndRenewedBeforeExpiry(t *testing.T) {
 	clock := &fakeClock{now: testNow}
 	cred := &fakeCred{clock: clock, lifetime: time.Hour}
-	ts := newTokenSource(cred, clock.Now)
+	ts := newTokenSource(cred, clock.Now, nil)
 	ctx := context.Background()
 
 	steps := []struct {
@@ -96,7 +96,7 @@ func TestTokenCachedAndRenewedBeforeExpiry(t *testing.T) {
 func TestTokenShortLifetimeRenewsHalfway(t *testing.T) {
 	clock := &fakeClock{now: testNow}
 	cred := &fakeCred{clock: clock, lifetime: 2 * time.Minute}
-	ts := newTokenSource(cred, clock.Now)
+	ts := newTokenSource(cred, clock.Now, nil)
 	for range 3 {
 		if _, err := ts.Token(context.Background()); err != nil {
 			t.Fatal(err)
@@ -116,7 +116,7 @@ func TestTokenShortLifetimeRenewsHalfway(t *testing.T) {
 func TestTokenNoThunderingHerd(t *testing.T) {
 	clock := &fakeClock{now: testNow}
 	cred := &fakeCred{clock: clock, lifetime: time.Hour, gate: make(chan struct{})}
-	ts := newTokenSource(cred, clock.Now)
+	ts := newTokenSource(cred, clock.Now, nil)
 	const n = 50
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -153,7 +153,8 @@ func TestTokenFailureBacksOffAndRecovers(t *testing.T) {
 	cred.setErr(errors.New(`POST https://login/tenant/oauth2/v2.0/token
 RESPONSE 401: 401 Unauthorized
 {"error":"invalid_client","error_description":"AADSTS700027: The certificate with identifier used to sign the client assertion is not registered on application. Trace ID: x","error_codes":[700027]}`))
-	ts := newTokenSource(cred, clock.Now)
+	var failed atomic.Int64
+	ts := newTokenSource(cred, clock.Now, &failed)
 	ctx := context.Background()
 
 	_, err := ts.Token(ctx)
@@ -194,12 +195,16 @@ RESPONSE 401: 401 Unauthorized
 	if failing, _, _ := ts.status(); failing {
 		t.Error("still failing after a successful renewal")
 	}
+	// Answers from the backoff are not requests: two reached Entra and failed.
+	if n := failed.Load(); n != 2 {
+		t.Errorf("failed token requests counted = %d, want 2", n)
+	}
 }
 
 func TestTokenValidTokenSurvivesFailedRenewal(t *testing.T) {
 	clock := &fakeClock{now: testNow}
 	cred := &fakeCred{clock: clock, lifetime: time.Hour}
-	ts := newTokenSource(cred, clock.Now)
+	ts := newTokenSource(cred, clock.Now, nil)
 	if _, err := ts.Token(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +223,7 @@ func TestTokenWaiterHonoursContext(t *testing.T) {
 	clock := &fakeClock{now: testNow}
 	cred := &fakeCred{clock: clock, lifetime: time.Hour, gate: make(chan struct{})}
 	defer close(cred.gate)
-	ts := newTokenSource(cred, clock.Now)
+	ts := newTokenSource(cred, clock.Now, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := ts.Token(ctx); !errors.Is(err, context.Canceled) {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"path/filepath"
 
 	"github.com/backup-proxy/backup-proxy/repo/catalog"
@@ -59,8 +60,10 @@ func decodeIndex(s *sealer, name string, data []byte) ([]indexedPack, error) {
 	if err != nil {
 		return nil, fmt.Errorf("index file %s: %w", name, err)
 	}
+	// A pack takes at least its id, a size and an entry count: a larger
+	// count is damage, and would size the allocation below.
 	n, k := binary.Uvarint(body)
-	if k <= 0 || n > uint64(len(body)) {
+	if k <= 0 || n > uint64(len(body))/(32+1+1) {
 		return nil, fmt.Errorf("index file %s pack count: %w", name, ErrCorrupt)
 	}
 	body = body[k:]
@@ -72,7 +75,7 @@ func decodeIndex(s *sealer, name string, data []byte) ([]indexedPack, error) {
 		var p indexedPack
 		copy(p.id[:], body)
 		size, k := binary.Uvarint(body[32:])
-		if k <= 0 {
+		if k <= 0 || size > math.MaxInt64 {
 			return nil, fmt.Errorf("index file %s pack %d size: %w", name, i, ErrCorrupt)
 		}
 		p.size = int64(size)

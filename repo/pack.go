@@ -45,6 +45,16 @@ const (
 
 var aadTrailer = []byte("backup-proxy pack trailer")
 
+// Entry bounds. A chunk is at most maxChunkSize bytes and is stored
+// compressed only when that shrinks it, then sealed (nonce and tag), so no
+// valid entry exceeds them; one that does is damage, and readers would
+// allocate the length it claims.
+const (
+	maxStoredChunk = maxChunkSize + 4096
+	// minEntrySize: chunk id, three one-byte uvarints and the flags.
+	minEntrySize = 32 + 3 + 1
+)
+
 // blobEntry locates one chunk in a pack.
 type blobEntry struct {
 	id     ChunkID
@@ -69,7 +79,7 @@ func appendEntries(b []byte, entries []blobEntry) []byte {
 // decodeEntries parses a count-prefixed entry list and returns the rest.
 func decodeEntries(b []byte) ([]blobEntry, []byte, error) {
 	n, k := binary.Uvarint(b)
-	if k <= 0 || n > uint64(len(b))/36 {
+	if k <= 0 || n > uint64(len(b))/minEntrySize {
 		return nil, nil, fmt.Errorf("entry count: %w", ErrCorrupt)
 	}
 	b = b[k:]
@@ -91,6 +101,9 @@ func decodeEntries(b []byte) ([]blobEntry, []byte, error) {
 		}
 		if len(b) < 1 || b[0]&^flagZstd != 0 {
 			return nil, nil, fmt.Errorf("entry %d flags: %w", i, ErrCorrupt)
+		}
+		if vals[1] > maxStoredChunk || vals[2] > maxChunkSize {
+			return nil, nil, fmt.Errorf("entry %d of %d stored, %d raw bytes: %w", i, vals[1], vals[2], ErrCorrupt)
 		}
 		out[i].offset, out[i].length, out[i].raw, out[i].flags = uint32(vals[0]), uint32(vals[1]), uint32(vals[2]), b[0]
 		b = b[1:]

@@ -430,11 +430,37 @@ func (s *Scheduler) rateLimitHeaders(h http.Header) (rateLimit, bool) {
 	if err1 != nil || err2 != nil || l <= 0 {
 		return rateLimit{}, false
 	}
-	rl := rateLimit{limit: l, remaining: max(r, 0)}
-	if v, err := strconv.ParseFloat(header(h, hRateLimitReset), 64); err == nil && v > 0 {
-		rl.reset = time.Duration(v * float64(s.cfg.HeaderSecond))
+	// The server's count, limit-remaining, is never negative nor above the
+	// limit, whatever the headers say.
+	rl := rateLimit{limit: l, remaining: min(max(r, 0), l)}
+	if d, ok := s.headerSeconds(header(h, hRateLimitReset)); ok {
+		rl.reset = d
 	}
 	return rl, true
+}
+
+// maxHeaderSeconds bounds the waits Retry-After and RateLimit-Reset ask
+// for: a day, the longest window Microsoft meters. A longer one is read as
+// a day rather than silence for years; one beyond time.Duration's range
+// would otherwise wrap negative and cool nothing down.
+const maxHeaderSeconds = 24 * 60 * 60
+
+// maxHeaderWait is maxHeaderSeconds on the scheduler's clock.
+func (s *Scheduler) maxHeaderWait() time.Duration {
+	return maxHeaderSeconds * s.cfg.HeaderSecond
+}
+
+// headerSeconds reads a non-negative number of seconds as a wait on the
+// scheduler's clock, at most maxHeaderWait.
+func (s *Scheduler) headerSeconds(v string) (time.Duration, bool) {
+	secs, err := strconv.ParseFloat(v, 64)
+	if err != nil || !(secs >= 0) { // NaN fails every comparison
+		return 0, false
+	}
+	if secs >= maxHeaderSeconds {
+		return s.maxHeaderWait(), true
+	}
+	return time.Duration(secs * float64(s.cfg.HeaderSecond)), true
 }
 
 // retryAfter parses Retry-After: seconds, or an HTTP-date read against the
@@ -444,11 +470,11 @@ func (s *Scheduler) retryAfter(h http.Header, now time.Time) (time.Duration, boo
 	if v == "" {
 		return 0, false
 	}
-	if secs, err := strconv.ParseFloat(v, 64); err == nil && secs >= 0 {
-		return time.Duration(secs * float64(s.cfg.HeaderSecond)), true
+	if d, ok := s.headerSeconds(v); ok {
+		return d, true
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		return max(t.Sub(now), 0), true
+		return min(max(t.Sub(now), 0), s.maxHeaderWait()), true
 	}
 	return 0, false
 }

@@ -18,6 +18,9 @@ type AppStats struct {
 
 // TenantStats describe the tenant's traffic through the scheduler.
 type TenantStats struct {
+	// At is when the snapshot was taken, on the scheduler's clock (the one
+	// CooldownUntil and PausedUntil are on, time-scaled in a simulation).
+	At   time.Time
 	Apps map[string]AppStats // by client id
 
 	Requests   int64 // RoundTrip calls
@@ -53,7 +56,7 @@ func (s *Scheduler) Stats() TenantStats {
 	now := s.clock.Now()
 	ns := s.ns(now)
 	st := TenantStats{
-		Apps:     make(map[string]AppStats, len(s.apps)),
+		At: now, Apps: make(map[string]AppStats, len(s.apps)),
 		Requests: s.requests, Attempts: s.attempts, Retries: s.retries, Failed: s.failed,
 		Throttled: s.throttled, Violations: s.viol,
 		Queued:       s.queues[ClassMetadata].n + s.queues[ClassDownload].n,

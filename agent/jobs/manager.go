@@ -50,6 +50,8 @@ type Manager struct {
 	active  map[string]*entry // queued and running jobs
 	queue   []string          // ids of queued jobs, oldest first
 	running int
+	byState map[State]int // every job in the database, by its current state
+	totals  *totals
 	closed  bool
 	wake    chan struct{} // signals the dispatcher
 	wg      sync.WaitGroup
@@ -85,6 +87,7 @@ func Open(log *zap.Logger, cfg Config) (*Manager, error) {
 	m := &Manager{
 		log: log.Named("jobs"), cfg: cfg, store: st,
 		active: map[string]*entry{}, wake: make(chan struct{}, 1),
+		byState: map[State]int{}, totals: &totals{m: map[string]Progress{}},
 	}
 	all, err := st.all()
 	if err != nil {
@@ -98,13 +101,16 @@ func Open(log *zap.Logger, cfg Config) (*Manager, error) {
 			resumed = append(resumed, j)
 		case Queued:
 			queued = append(queued, j)
+		default:
+			m.byState[j.State]++
 		}
 	}
+	m.byState[Queued] = len(resumed) + len(queued)
 	for _, list := range [][]*Job{resumed, queued} {
 		sortByCreated(list)
 		for _, j := range list {
 			j.State = Queued
-			m.active[j.ID] = &entry{tracker: newTracker(j)}
+			m.active[j.ID] = &entry{tracker: newTracker(j, m.totals)}
 			m.queue = append(m.queue, j.ID)
 		}
 	}
@@ -166,8 +172,9 @@ func (m *Manager) Submit(spec Spec) (Job, error) {
 	if err := m.store.put(j); err != nil {
 		return Job{}, fmt.Errorf("jobs: persist %s: %w", spec.ID, err)
 	}
-	m.active[j.ID] = &entry{tracker: newTracker(j)}
+	m.active[j.ID] = &entry{tracker: newTracker(j, m.totals)}
 	m.queue = append(m.queue, j.ID)
+	m.byState[Queued]++
 	m.kick()
 	m.log.Info("job queued", zap.String("job_id", j.ID), zap.String("tenant_id", j.TenantID),
 		zap.Stringer("source", j.Source), zap.String("mode", string(j.Mode)))
@@ -289,6 +296,8 @@ func (m *Manager) Cancel(ctx context.Context, id string) (Job, error) {
 			}
 		}
 		delete(m.active, id)
+		m.byState[Queued]--
+		m.byState[Cancelled]++
 		e.tracker.finish(Cancelled, "cancelled before it started", "", m.cfg.Now())
 		final := e.tracker.snapshot()
 		m.mu.Unlock()
@@ -318,6 +327,27 @@ func (m *Manager) JobCounts() (running, queued int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.running, len(m.queue)
+}
+
+// States lists every job state, in lifecycle order.
+var States = []State{Queued, Running, Succeeded, PartiallySucceeded, Failed, Cancelled}
+
+// StateCounts returns how many jobs of the database are in each state. A
+// job interrupted by a shutdown counts as queued again from the next start.
+func (m *Manager) StateCounts() map[State]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[State]int, len(States))
+	for _, s := range States {
+		out[s] = m.byState[s]
+	}
+	return out
+}
+
+// Totals returns the progress of every job run since the manager opened,
+// summed per tenant. Unlike a job's progress they only grow.
+func (m *Manager) Totals() map[string]Progress {
+	return m.totals.snapshot()
 }
 
 // RunningJobs returns how many jobs of a tenant are running.
@@ -371,6 +401,8 @@ func (m *Manager) dispatch() {
 			ctx, cancel := context.WithCancelCause(context.Background())
 			e.cancel = cancel
 			m.running++
+			m.byState[Queued]--
+			m.byState[Running]++
 			e.tracker.start(m.cfg.Now())
 			m.wg.Add(1)
 			go m.run(ctx, e)
@@ -427,6 +459,8 @@ func (m *Manager) run(ctx context.Context, e *entry) {
 	m.running--
 	if final.State.Ended() {
 		delete(m.active, final.ID)
+		m.byState[Running]--
+		m.byState[final.State]++
 	}
 	m.mu.Unlock()
 	m.kick()

@@ -95,6 +95,27 @@ func waitEnded(t *testing.T, m *Manager, id string) Job {
 	return last
 }
 
+// waitStateCounts waits until the manager counts want (states absent from
+// want count 0): a job's final state is counted just after watchers see it.
+func waitStateCounts(t *testing.T, m *Manager, want map[State]int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := m.StateCounts()
+		same := len(got) == len(States)
+		for _, s := range States {
+			same = same && got[s] == want[s]
+		}
+		if same {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state counts = %v, want %v", got, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestSubmitValidation(t *testing.T) {
 	m := openManager(t, filepath.Join(t.TempDir(), "jobs.db"), newFakeRunner(), 1, 10)
 	defer closeManager(t, m)
@@ -188,6 +209,12 @@ func TestOutcomes(t *testing.T) {
 			t.Errorf("%s: %+v", tt.id, j)
 		}
 	}
+	waitStateCounts(t, m, map[State]int{Succeeded: 1, PartiallySucceeded: 1, Failed: 1})
+	// Every run's progress counts, the failed job's included.
+	want := Progress{ItemsDiscovered: 30, ItemsBackedUp: 28, ItemsFailed: 2, BytesDownloaded: 3000}
+	if got := m.Totals(); len(got) != 1 || got[tenant] != want {
+		t.Errorf("totals = %+v, want %+v for %s", got, want, tenant)
+	}
 }
 
 func TestQueueLimitAndCancel(t *testing.T) {
@@ -211,6 +238,7 @@ func TestQueueLimitAndCancel(t *testing.T) {
 	if running, queued := m.JobCounts(); running != 1 || queued != 1 {
 		t.Errorf("counts = %d running, %d queued", running, queued)
 	}
+	waitStateCounts(t, m, map[State]int{Running: 1, Queued: 1})
 	if n := m.RunningJobs(tenant); n != 1 {
 		t.Errorf("RunningJobs = %d", n)
 	}
@@ -233,6 +261,7 @@ func TestQueueLimitAndCancel(t *testing.T) {
 	if _, err := m.Cancel(context.Background(), "nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("cancel unknown: %v", err)
 	}
+	waitStateCounts(t, m, map[State]int{Cancelled: 2})
 }
 
 func TestListPagingAndFilters(t *testing.T) {
@@ -360,5 +389,10 @@ func TestRestartResumesInterruptedJobs(t *testing.T) {
 	}
 	if done, err := m2.Get("done"); err != nil || done.State != Succeeded {
 		t.Errorf("finished job after restart: %+v, %v", done, err)
+	}
+	// Counts cover the whole database; totals only this process's work.
+	waitStateCounts(t, m2, map[State]int{Succeeded: 3})
+	if got := m2.Totals()[tenant].ItemsBackedUp; got != 20 {
+		t.Errorf("items backed up since the restart = %d, want 20", got)
 	}
 }

@@ -11,10 +11,11 @@ type Tracker struct {
 	mu      sync.Mutex
 	job     Job
 	changed chan struct{} // closed and replaced on every change
+	totals  *totals       // the manager's; nil in tests that make trackers alone
 }
 
-func newTracker(j *Job) *Tracker {
-	return &Tracker{job: *j, changed: make(chan struct{})}
+func newTracker(j *Job, tot *totals) *Tracker {
+	return &Tracker{job: *j, changed: make(chan struct{}), totals: tot}
 }
 
 // Add adds to the job's progress counters.
@@ -22,7 +23,9 @@ func (t *Tracker) Add(d Progress) {
 	t.mu.Lock()
 	t.job.Progress.add(d)
 	t.signalLocked()
+	tenant := t.job.TenantID
 	t.mu.Unlock()
+	t.totals.add(tenant, d)
 }
 
 // Fail records an item that could not be backed up and counts it.
@@ -33,7 +36,38 @@ func (t *Tracker) Fail(item FailedItem) {
 		t.job.FailedItems = append(t.job.FailedItems, item)
 	}
 	t.signalLocked()
+	tenant := t.job.TenantID
 	t.mu.Unlock()
+	t.totals.add(tenant, Progress{ItemsFailed: 1})
+}
+
+// totals sum the progress of every job run since the manager opened, per
+// tenant, for monitoring: the work of this process, which only grows
+// (a job's own progress resumes from its last saved value after a restart).
+type totals struct {
+	mu sync.Mutex
+	m  map[string]Progress
+}
+
+func (t *totals) add(tenant string, d Progress) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	p := t.m[tenant]
+	p.add(d)
+	t.m[tenant] = p
+	t.mu.Unlock()
+}
+
+func (t *totals) snapshot() map[string]Progress {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]Progress, len(t.m))
+	for k, v := range t.m {
+		out[k] = v
+	}
+	return out
 }
 
 func (t *Tracker) signalLocked() {

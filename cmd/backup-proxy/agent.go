@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/backup-proxy/backup-proxy/agent"
 	"github.com/backup-proxy/backup-proxy/agent/backup"
 	"github.com/backup-proxy/backup-proxy/agent/jobs"
+	"github.com/backup-proxy/backup-proxy/metrics"
 	"github.com/backup-proxy/backup-proxy/pool"
 	"github.com/backup-proxy/backup-proxy/repo"
 	"github.com/backup-proxy/backup-proxy/scheduler"
@@ -46,6 +48,7 @@ type assembled struct {
 	tenants *backup.Tenants
 	jobs    *jobs.Manager
 	server  *agent.Server
+	metrics *prometheus.Registry // served by serve --metrics-listen
 }
 
 // assemble opens the data directory's pool, repository and job database and
@@ -100,6 +103,9 @@ func assemble(log *zap.Logger, cfg agentConfig) (*assembled, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("jobs: %w", err)
+	}
+	if a.metrics, err = metrics.NewRegistry(metrics.New(a.pool, a.tenants, a.jobs)); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	limits := agent.DefaultLimits()
 	limits.RPCRate, limits.RPCBurst = cfg.rpcRate, cfg.rpcBurst

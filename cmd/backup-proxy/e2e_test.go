@@ -321,6 +321,8 @@ func TestBackupEndToEnd(t *testing.T) {
 		t.Errorf("incremental cost %.1f %% of the full run's RU, want < 5 %%", 100*ratio)
 	}
 
+	e.checkMetrics(full, inc)
+
 	verify, err := e.catalog.VerifyRepository(t.Context(), &pb.VerifyRepositoryRequest{ReadData: true})
 	if err != nil || len(verify.Errors) != 0 || verify.ChunksChecked == 0 {
 		t.Errorf("verify: %v, %v", verify, err)

@@ -32,6 +32,7 @@ type serveConfig struct {
 	dataDir         string
 	logLevel        zapcore.Level
 	logFormat       string
+	metricsListen   string // host:port of the Prometheus endpoint; empty: none
 	graphURL        *url.URL
 	loginURL        *url.URL
 	caFile          string
@@ -71,6 +72,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.StringVar(&cfg.dataDir, "data", "backup-proxy-data", "data directory: application pool, job state and the backup repository")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "json", "log format: json or console")
+	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "address (host:port, e.g. 127.0.0.1:9090) to serve Prometheus metrics at /metrics; empty for none")
 	fs.StringVar(&graphURL, "graph-url", "https://graph.microsoft.com", "Microsoft Graph base URL, without the version")
 	fs.StringVar(&loginURL, "login-url", "https://login.microsoftonline.com", "Microsoft Entra authority host")
 	fs.StringVar(&cfg.caFile, "ca-file", "", "PEM file of extra CA certificates to trust for Graph and Entra (e.g. a simulator's)")
@@ -142,6 +144,12 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	}
 	if strings.ContainsAny(cfg.company, "|\r\n") || cfg.company == "" {
 		return nil, fmt.Errorf("--company: %q must be non-empty without '|' or line breaks", cfg.company)
+	}
+	if cfg.metricsListen != "" {
+		_, port, err := net.SplitHostPort(cfg.metricsListen)
+		if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil {
+			return nil, fmt.Errorf("--metrics-listen: %q is not host:port with a numeric port, e.g. 127.0.0.1:9090", cfg.metricsListen)
+		}
 	}
 	if cfg.memoryLimit, err = parseBytes(*memLimit); err != nil {
 		return nil, fmt.Errorf("--memory-limit: %w", err)
@@ -352,6 +360,12 @@ func serve(ctx context.Context, cfg *serveConfig, lis net.Listener, log *zap.Log
 		log.Error("cannot start", zap.Error(err))
 		return exitFailure
 	}
+	stopMetrics, _, err := startMetrics(log, cfg.metricsListen, a.metrics)
+	if err != nil {
+		log.Error("cannot serve metrics", zap.String("metrics_listen", cfg.metricsListen), zap.Error(err))
+		a.close(context.Background())
+		return exitFailure
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- a.server.Serve(lis) }()
 
@@ -379,6 +393,9 @@ func serve(ctx context.Context, cfg *serveConfig, lis net.Listener, log *zap.Log
 	if err := a.close(sctx); err != nil {
 		log.Error("closing", zap.Error(err))
 		code = max(code, exitFailure)
+	}
+	if err := stopMetrics(sctx); err != nil {
+		log.Warn("metrics server did not stop gracefully", zap.Error(err))
 	}
 	log.Info("stopped", zap.Int("exit_code", code))
 	return code

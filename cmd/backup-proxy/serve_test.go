@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -47,6 +50,8 @@ func TestParseServeFlagsRejectsBadInput(t *testing.T) {
 		{"memory limit", []string{"--memory-limit", "lots"}, "--memory-limit"},
 		{"tenant share", []string{"--tenant-share", "1.5"}, "--tenant-share"},
 		{"company with bar", []string{"--company", "a|b"}, "--company"},
+		{"metrics listen without port", []string{"--metrics-listen", "9090"}, "--metrics-listen"},
+		{"metrics listen named port", []string{"--metrics-listen", "localhost:prometheus"}, "--metrics-listen"},
 		{"stray argument", []string{"now"}, "unexpected arguments"},
 	}
 	for _, tt := range tests {
@@ -164,7 +169,8 @@ func TestParseServeFlagsDefaults(t *testing.T) {
 	}
 	if cfg.listen != "127.0.0.1:50051" || cfg.graphURL.String() != "https://graph.microsoft.com" ||
 		cfg.loginURL.String() != "https://login.microsoftonline.com" || cfg.maxJobs != 4 || cfg.memoryLimit != 192<<20 ||
-		cfg.rpcRate != 200 || cfg.rpcBurst != 400 || cfg.security.TLS != nil || cfg.insecureOnNetwork {
+		cfg.rpcRate != 200 || cfg.rpcBurst != 400 || cfg.security.TLS != nil || cfg.insecureOnNetwork ||
+		cfg.metricsListen != "" {
 		t.Errorf("defaults = %+v", cfg)
 	}
 }
@@ -190,10 +196,11 @@ func TestRunUsageExitCodes(t *testing.T) {
 	}
 }
 
-// TestServeAnswersAndStopsCleanly runs the real server on loopback, calls it,
-// then cancels the context as SIGTERM does and expects exit code 0.
+// TestServeAnswersAndStopsCleanly runs the real server on loopback, calls it
+// and scrapes its metrics, then cancels the context as SIGTERM does and
+// expects exit code 0 and both servers gone.
 func TestServeAnswersAndStopsCleanly(t *testing.T) {
-	cfg, err := parseServeFlags([]string{"--data", t.TempDir()}, &bytes.Buffer{})
+	cfg, err := parseServeFlags([]string{"--data", t.TempDir(), "--metrics-listen", "127.0.0.1:0"}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,9 +208,10 @@ func TestServeAnswersAndStopsCleanly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	core, logs := observer.New(zap.InfoLevel)
 	ctx, cancel := context.WithCancel(context.Background())
 	exit := make(chan int, 1)
-	go func() { exit <- serve(ctx, cfg, lis, zap.NewNop()) }()
+	go func() { exit <- serve(ctx, cfg, lis, zap.New(core)) }()
 
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -217,10 +225,40 @@ func TestServeAnswersAndStopsCleanly(t *testing.T) {
 	if info.Capacity.GetMaxConcurrentJobs() != 4 {
 		t.Errorf("capacity = %v", info.Capacity)
 	}
+	// The metrics server was up before the gRPC server served.
+	served := logs.FilterMessage("serving metrics").All()
+	if len(served) != 1 {
+		t.Fatalf("%d 'serving metrics' log entries", len(served))
+	}
+	metricsURL := "http://" + served[0].ContextMap()["addr"].(string) + "/metrics"
+	page := scrape(t, metricsURL)
+	if !strings.Contains(page, `backup_proxy_jobs{state="queued"} 0`) || !strings.Contains(page, "go_goroutines") {
+		t.Errorf("metrics page:\n%s", page)
+	}
 	cancel()
 	if code := <-exit; code != exitOK {
 		t.Fatalf("exit code = %d, want %d", code, exitOK)
 	}
+	if resp, err := http.Get(metricsURL); err == nil {
+		resp.Body.Close()
+		t.Error("the metrics server still answers after shutdown")
+	}
+}
+
+// scrape returns the page at a metrics URL.
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s, %v", url, resp.Status, err)
+	}
+	return string(body)
 }
 
 // TestServeWithMutualTLS runs the real server on loopback with mutual TLS:
