@@ -41,6 +41,7 @@ func (s *Server) downloadURL(d *drive, it *item, clientID string) string {
 	}
 	payload := fmt.Sprintf("%d|%s|%s|%d", d.index, it.id, clientID, exp.UnixNano())
 	ta := base64.RawURLEncoding.EncodeToString([]byte(payload)) + "." + s.signTempAuth(payload)
+	s.issued.add(&s.issued.c.TempAuths, ta)
 	return s.baseURL + downloadPath + "?UniqueId=" + strings.ToUpper(it.uniqueID) + "&tempauth=" + ta + "&ApiVersion=2.0"
 }
 

@@ -269,6 +269,8 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request, tenantKey s
 		return
 	}
 	f := r.PostForm
+	// Recorded whatever happens next: the assertion crossed the wire.
+	s.issued.add(&s.issued.c.ClientAssertions, f.Get("client_assertion"))
 	if gt := f.Get("grant_type"); gt != "client_credentials" {
 		if gt == "" {
 			s.writeAADError(w, r, aadError{400, "invalid_request", 900144, "The request body must contain the following parameter: 'grant_type'."})
@@ -329,6 +331,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request, tenantKey s
 		s.rngMu.Unlock()
 	}
 	tok := s.mintAccessToken(app, resource, roles, now, lifetime)
+	s.issued.add(&s.issued.c.AccessTokens, tok)
 	rs := map[string]bool{}
 	for _, ro := range roles {
 		rs[ro] = true

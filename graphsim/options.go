@@ -127,6 +127,13 @@ type Options struct {
 
 	Faults Faults
 
+	// RecordCredentials keeps every access token, client assertion and
+	// download tempauth the server issues or receives, for tests that check
+	// a client leaks none (IssuedCredentials). The record grows with every
+	// token and listed file and is never trimmed: for tests, not for
+	// benchmarks or long runs.
+	RecordCredentials bool
+
 	// Listen is the TCP address, default "127.0.0.1:0".
 	Listen string
 	Logger *zap.Logger

@@ -46,6 +46,7 @@ type Server struct {
 	throttle *throttler
 	stats    *statsStore
 	urlKey   []byte
+	issued   issuedLog
 
 	rngMu sync.Mutex
 	rng   *rand.Rand // faults and token lifetimes
@@ -70,6 +71,7 @@ func New(opts Options) (*Server, error) {
 		creds:  map[string][]*AppCredential{},
 		rng:    rand.New(rand.NewPCG(o.Seed, 0x6661756c7473)),
 		urlKey: make([]byte, 32),
+		issued: issuedLog{on: o.RecordCredentials},
 	}
 	if _, err := cryptorand.Read(s.urlKey); err != nil {
 		return nil, fmt.Errorf("graphsim: download URL key: %w", err)
