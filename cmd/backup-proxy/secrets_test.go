@@ -19,6 +19,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -46,6 +47,7 @@ import (
 	"github.com/backup-proxy/backup-proxy/agent/auth"
 	"github.com/backup-proxy/backup-proxy/agent/auth/authtest"
 	"github.com/backup-proxy/backup-proxy/graphsim"
+	"github.com/backup-proxy/backup-proxy/metrics"
 	pb "github.com/backup-proxy/backup-proxy/proto/backupproxy/v1"
 	"github.com/backup-proxy/backup-proxy/scheduler"
 )
@@ -315,15 +317,20 @@ func TestNoSecretsLeak(t *testing.T) {
 	}
 	info, err = pb.NewAgentServiceClient(e.conn).GetAgentInfo(ctx, &pb.GetAgentInfoRequest{})
 	tr.ok("GetAgentInfo after the restart", info, err)
+	page := httptest.NewRecorder()
+	metrics.NewServer(zap.NewNop(), e.agent.metrics).Handler.ServeHTTP(page, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if page.Code != http.StatusOK || !strings.Contains(page.Body.String(), "backup_proxy_app_requests_total") {
+		t.Fatalf("metrics page: %d %.200s", page.Code, page.Body.String())
+	}
 	// Stopped before reading the log: nothing may write to it meanwhile.
 	e.stop()
 
-	// What a client or an operator sees. The metrics page (GET /metrics)
-	// joins this map as "metrics" with the change that adds it.
+	// What a client or an operator sees.
 	corpus := map[string]string{
 		"log":       logs.String(),
 		"responses": tr.responses.String(),
 		"errors":    tr.errors.String(),
+		"metrics":   page.Body.String(),
 	}
 	checkCorpus(t, corpus)
 
@@ -380,9 +387,9 @@ func TestNoSecretsLeak(t *testing.T) {
 			t.Errorf("%s line %d: %s after %q", name, h.line, h.secret, h.before)
 		}
 	}
-	t.Logf("%d Graph requests; searched %d keys, %d access tokens, %d client assertions and %d tempauths (%d needles) in %d log lines, %d bytes of responses, %d bytes of errors",
+	t.Logf("%d Graph requests; searched %d keys, %d access tokens, %d client assertions and %d tempauths (%d needles) in %d log lines, %d bytes of responses, %d bytes of errors, %d bytes of metrics",
 		sim.Stats().Tenant.Requests, len(keys), len(issued.AccessTokens), len(issued.ClientAssertions), len(issued.TempAuths), m.needles,
-		strings.Count(corpus["log"], "\n"), len(corpus["responses"]), len(corpus["errors"]))
+		strings.Count(corpus["log"], "\n"), len(corpus["responses"]), len(corpus["errors"]), len(corpus["metrics"]))
 }
 
 // checkCorpus makes sure the texts are what the search must cover, so
