@@ -274,23 +274,13 @@ func benchMemory(ctx context.Context, exe string, items int) (res memoryResult, 
 		return res, err
 	}
 	defer sim.Close()
-	dir, err := os.MkdirTemp("", "backup-proxy-memory-")
-	if err != nil {
-		return res, err
-	}
-	defer os.RemoveAll(dir)
-	ca := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(ca, sim.CACertPEM(), 0o600); err != nil {
-		return res, err
-	}
-	p, err := startAgentProcess(exe, nil, "serve", "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",
-		"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", ca, "--log-level", "info",
+	p, done, err := startSimAgent(exe, sim, "--log-level", "info",
 		// graphsim does not throttle here: nor should the scheduler pace.
 		"--app-ru-per-minute", "1000000000", "--app-ru-per-day", "1000000000000", "--tenant-ru-per-5min", "1000000000")
 	if err != nil {
 		return res, err
 	}
-	defer p.stop()
+	defer done()
 	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return res, err

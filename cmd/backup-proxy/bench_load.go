@@ -111,23 +111,13 @@ func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer
 		return res, err
 	}
 	defer sim.Close()
-	dir, err := os.MkdirTemp("", "backup-proxy-load-")
-	if err != nil {
-		return res, err
-	}
-	defer os.RemoveAll(dir)
-	simCA := filepath.Join(dir, "graphsim-ca.pem")
-	if err := os.WriteFile(simCA, sim.CACertPEM(), 0o600); err != nil {
-		return res, err
-	}
-	p, err := startAgentProcess(exe, nil, "serve", "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",
-		"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", simCA,
+	p, done, err := startSimAgent(exe, sim,
 		"--tls-cert", pki("server.pem"), "--tls-key", pki("server-key.pem"), "--client-ca", pki("ca.pem"),
 		"--app-ru-per-minute", "120")
 	if err != nil {
 		return res, err
 	}
-	defer p.stop()
+	defer done()
 
 	creds, err := clientTLS(pki("ca.pem"), pki("operator.pem"), pki("operator-key.pem"))
 	if err != nil {

@@ -6,10 +6,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/backup-proxy/backup-proxy/graphsim"
 )
 
 // agentProcess is an agent running as a child process (benchmarks measure
@@ -85,6 +88,28 @@ func (p *agentProcess) memory() (peak, anon, file int64, err error) {
 func (p *agentProcess) stop() {
 	p.cmd.Process.Kill()
 	p.cmd.Wait()
+}
+
+// startSimAgent runs an agent process with a fresh data directory, serving
+// on a free loopback port and reading sim's Graph and Entra; extra are more
+// `serve` flags. done stops the agent and removes its directory.
+func startSimAgent(exe string, sim *graphsim.Server, extra ...string) (p *agentProcess, done func(), err error) {
+	dir, err := os.MkdirTemp("", "backup-proxy-agent-")
+	if err != nil {
+		return nil, nil, err
+	}
+	ca := filepath.Join(dir, "graphsim-ca.pem")
+	if err := os.WriteFile(ca, sim.CACertPEM(), 0o600); err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	args := append([]string{"serve", "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",
+		"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", ca}, extra...)
+	if p, err = startAgentProcess(exe, nil, args...); err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	return p, func() { p.stop(); os.RemoveAll(dir) }, nil
 }
 
 // listenLoopback listens on a free loopback port.
