@@ -467,9 +467,10 @@ func (r *Repository) Encrypted() bool { return r.seal.aead != nil }
 func (r *Repository) encodeChunk(id ChunkID, plain []byte, out *[]byte) ([]byte, uint8, error) {
 	over := r.seal.overhead()
 	if need := len(plain) + len(plain)/64 + 1024 + over; cap(*out) < need {
-		// Sized for the largest chunk at once: regrowing per bigger chunk
-		// would leave garbage behind and raise peak memory.
-		*out = make([]byte, 0, max(need, maxChunkSize+maxChunkSize/64+1024+over))
+		// Grown by doubling up to the largest chunk's size: a slot that only
+		// ever sees small files (most of a OneDrive) stays small, and one
+		// that sees large ones reaches the full size in a few steps.
+		*out = make([]byte, 0, max(need, min(2*cap(*out), maxChunkSize+maxChunkSize/64+1024+over)))
 	}
 	buf := (*out)[:0]
 	if r.enc != nil && len(plain) >= 64 && r.worthCompressing(plain, buf) {
