@@ -55,6 +55,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -141,6 +142,8 @@ type Catalog struct {
 
 	mu      sync.Mutex
 	pending map[uint64]*Txn // transactions being staged in this process
+
+	reads atomic.Int64 // read transactions, for dropMappedPages
 }
 
 var (
@@ -655,7 +658,15 @@ func (c *Catalog) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return c.db.View(fn)
+	return c.db.View(func(tx *bolt.Tx) error {
+		err := fn(tx)
+		// Lookups fault random pages in too (the engine asks about every
+		// file it meets): drop them now and then.
+		if c.reads.Add(1)%dropEvery == 0 {
+			dropMappedPages(tx)
+		}
+		return err
+	})
 }
 
 func lineageID(tx *bolt.Tx, tenant, source string) (uint64, bool) {

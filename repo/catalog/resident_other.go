@@ -2,5 +2,7 @@
 
 package catalog
 
+import bolt "go.etcd.io/bbolt"
+
 // dropMappedPages is a no-op where madvise is not used.
-func (c *Catalog) dropMappedPages() {}
+func dropMappedPages(*bolt.Tx) {}

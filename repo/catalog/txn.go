@@ -63,8 +63,15 @@ type op struct {
 	item Item // opPut: the full item; opDelete: DriveID and ItemID
 }
 
-// flushEvery bounds the staged operations held in memory.
-const flushEvery = 512
+// flushEvery bounds the staged operations held in memory and written in
+// one catalogue transaction. It also bounds the memory map a commit makes
+// resident: random keys dirty a leaf per row, and the commit touches every
+// page it frees (see dropMappedPages), a few MiB per hundred operations.
+const flushEvery = 128
+
+// dropEvery is how many operations, staged or read, may fault catalogue
+// pages in before they are dropped again (dropMappedPages).
+const dropEvery = 32
 
 // Begin starts staging a restore point of (tenant, source).
 func (c *Catalog) Begin(ctx context.Context, opts BeginOptions) (*Txn, error) {
@@ -309,6 +316,9 @@ func (t *Txn) flush(final func(tx *bolt.Tx) error) error {
 		}
 		s := &stager{t: t, tx: tx, paths: lb.Bucket(bktPaths), ids: lb.Bucket(bktIDs), v: t.view()}
 		for i := range t.ops {
+			if i > 0 && i%dropEvery == 0 {
+				dropMappedPages(tx)
+			}
 			var err error
 			if t.ops[i].kind == opPut {
 				err = s.put(&t.ops[i].item)
@@ -332,7 +342,7 @@ func (t *Txn) flush(final func(tx *bolt.Tx) error) error {
 		return fmt.Errorf("stage restore point: %w", err)
 	}
 	t.ops = t.ops[:0]
-	t.c.dropMappedPages()
+	_ = t.c.db.View(func(tx *bolt.Tx) error { dropMappedPages(tx); return nil })
 	return nil
 }
 
