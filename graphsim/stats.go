@@ -125,3 +125,11 @@ func (s *Server) ResetStats() {
 	s.stats.reset()
 	s.throttle.resetProduction()
 }
+
+// SetProductionLoad changes the simulated production users' traffic on the
+// tenant bucket (Options.ProductionLoad, RU per simulated minute) from now
+// on: a morning peak, or a storm that throttles the tenant whatever the
+// backup does.
+func (s *Server) SetProductionLoad(ruPerMinute float64) {
+	s.throttle.setProduction(ruPerMinute)
+}

@@ -286,3 +286,12 @@ func (t *throttler) resetProduction() {
 	t.prodThrottled = 0
 	t.mu.Unlock()
 }
+
+// setProduction changes the production traffic from now on.
+func (t *throttler) setProduction(ruPerMinute float64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.clock.Now()
+	t.accrueProduction(now) // what ran at the old rate until now
+	t.prodRate, t.prodLast = ruPerMinute, now
+}

@@ -368,6 +368,32 @@ func TestProductionLoadOnTenantBucket(t *testing.T) {
 	}
 }
 
+// TestSetProductionLoad: a storm starts and ends when the test says, and
+// the traffic before the change is charged at the old rate.
+func TestSetProductionLoad(t *testing.T) {
+	clock := graphsim.NewManualClock(t0)
+	o := limited(clock, graphsim.Limits{AppPerMinute: 1000, AppPer24h: 100000, TenantPer5Min: 500})
+	s := start(t, o)
+	c := newClient(t, s, appByOrg(s, false))
+	site := "/sites/" + s.Tenant().Sites[0].ID
+	if r := c.get(site); r.status != 200 {
+		t.Fatalf("before the storm: %d", r.status)
+	}
+	s.SetProductionLoad(200) // twice the tenant budget
+	clock.Advance(5 * time.Minute)
+	if r := c.get(site); r.status != 429 {
+		t.Fatalf("during the storm: %d", r.status)
+	}
+	s.SetProductionLoad(0)
+	clock.Advance(5*time.Minute + time.Second) // the storm's traffic leaves the window
+	if r := c.get(site); r.status != 200 {
+		t.Fatalf("after the storm: %d", r.status)
+	}
+	if pt := s.Stats().Tenant.ProductionThrottled; pt < 400 || pt > 600 {
+		t.Fatalf("production_throttled %d, want about 500 (the storm's excess only)", pt)
+	}
+}
+
 func TestDownloadMeteredForTheAppThatGotTheURL(t *testing.T) {
 	clock := graphsim.NewManualClock(t0)
 	o := limited(clock, graphsim.Limits{AppPerMinute: 3, AppPer24h: 1000, TenantPer5Min: 1000})

@@ -363,17 +363,36 @@ func TestBackupEndToEnd(t *testing.T) {
 // the tenant's.
 func TestBackupUnderFaults(t *testing.T) {
 	// The tenant really grants 60 RU a minute, far below what the scheduler
-	// was told, and that limit sends no RateLimit headers: a storm of 429s
-	// the scheduler must ride out by pausing the tenant.
+	// was told, and production users start by taking twice that: a storm
+	// of 429s without RateLimit headers that the scheduler must ride out by
+	// pausing the tenant. The storm ends once it has throttled the backup,
+	// however fast this machine runs the backup.
 	limits := graphsim.Limits{AppPerMinute: 100_000, AppPer24h: 100_000_000, TenantPer5Min: 300}
 	e := newE2E(t, graphsim.Options{
 		Seed: 12, Users: 2, Sites: 1, FilesPerDrive: 60, Apps: 2, MaxFileSize: 2 << 20,
-		Limits: &limits, TimeScale: 60,
+		Limits: &limits, TimeScale: 60, ProductionLoad: 120,
 		Faults: graphsim.Faults{
 			TransientErrorRate: 0.05, ConnectionResetRate: 0.03, ExpiredDownloadURLRate: 0.1,
 			DeadDeltaTokenRate: 0.2, UnprovisionedOneDrives: -1,
 		},
 	}, t.TempDir())
+	stormDone := make(chan struct{})
+	defer close(stormDone)
+	go func() {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stormDone:
+				return
+			case <-tick.C:
+			}
+			if st := e.sim.Stats().Tenant; st.Throttled429+st.Throttled503 >= 5 {
+				e.sim.SetProductionLoad(0)
+				return
+			}
+		}
+	}()
 	e.addApps()
 	srcs := e.sources()
 	full := e.runJobs("full", srcs, pb.BackupMode_BACKUP_MODE_FULL)
