@@ -312,10 +312,11 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) int {
 	defer log.Sync() //nolint:errcheck // nothing useful to do if stderr fails
 
 	if cfg.memoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
-		// The agent's live heap is small (about 80 MiB backing up a drive
-		// of 100k items: fixed repository buffers, one delta page per
-		// drive, the chunk index); without a limit the runtime keeps up to
-		// twice that resident, and freed memory lingers.
+		// The agent's live heap is small (tens of MiB backing up a drive
+		// of 225k small files: repository buffers, one delta page per
+		// drive, the chunk index); the limit caps the runtime's headroom
+		// above it when a large repository's index grows, and returns
+		// freed memory sooner.
 		debug.SetMemoryLimit(cfg.memoryLimit)
 	}
 	unlock, err := lockDataDir(cfg.dataDir)
