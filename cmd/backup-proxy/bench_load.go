@@ -96,15 +96,18 @@ type loadResult struct {
 	GrowthWithoutLoadMiB float64 `json:"rss_growth_without_load_mib"`
 	GrowthWithLoadMiB    float64 `json:"rss_growth_with_load_mib"`
 	// ItemsDuringLoad are the items the backup stored while ghz called.
-	ItemsDuringLoad int64  `json:"items_during_load"`
-	JobStateAfter   string `json:"job_state_after"`
+	ItemsDuringLoad int64 `json:"items_during_load"`
+	// What graphsim served the backup meanwhile.
+	GraphRequestsDuringLoad int64  `json:"graph_requests_during_load"`
+	GraphRUDuringLoad       int64  `json:"graph_ru_during_load"`
+	JobStateAfter           string `json:"job_state_after"`
 }
 
 func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer) (res loadResult, err error) {
 	pki := func(name string) string { return filepath.Join(cfg.pki, name) }
 	// One OneDrive large enough to outlast the load: the agent paces two
-	// apps at 120 RU a minute each, a file or two a second, so that the
-	// backup's own growth does not hide what the load does to memory.
+	// apps at 600 RU a minute each, a few files a second, a steady pace
+	// whose own memory growth the window without load measures.
 	sim, err := graphsim.New(graphsim.Options{Seed: 8, Users: 1, Sites: -1, FilesPerDrive: 20000, Apps: 2,
 		SizeMix: []graphsim.SizeClass{{Weight: 1, Min: 1 << 10, Max: 256 << 10}}, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}})
 	if err != nil {
@@ -113,7 +116,7 @@ func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer
 	defer sim.Close()
 	p, done, err := startSimAgent(exe, sim,
 		"--tls-cert", pki("server.pem"), "--tls-key", pki("server-key.pem"), "--client-ca", pki("ca.pem"),
-		"--app-ru-per-minute", "120")
+		"--app-ru-per-minute", "600")
 	if err != nil {
 		return res, err
 	}
@@ -161,6 +164,7 @@ func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer
 		return res, err
 	}
 
+	simBefore := sim.Stats().Tenant
 	fmt.Fprintf(stderr, "calling GetJob and ListJobs at %d/s each for %s while the backup runs ...\n", cfg.rps, cfg.duration)
 	calls := []struct{ method, data string }{
 		{"backupproxy.v1.JobService.GetJob", `{"job_id":"load-1"}`},
@@ -189,6 +193,8 @@ func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer
 	}
 	j := got.Job
 	res.ItemsDuringLoad = j.Progress.GetItemsBackedUp() - before
+	simAfter := sim.Stats().Tenant
+	res.GraphRequestsDuringLoad, res.GraphRUDuringLoad = simAfter.Requests-simBefore.Requests, simAfter.RU-simBefore.RU
 	res.JobStateAfter = j.State.String()
 	if j.State != pb.JobState_JOB_STATE_RUNNING {
 		return res, fmt.Errorf("the backup was %s when the load ended, not running: lengthen the drive or shorten --duration", j.State)
