@@ -18,13 +18,10 @@ func newProtection() *protection {
 	return &protection{packs: map[uint32]struct{}{}, pending: map[ChunkID]struct{}{}}
 }
 
-// covers reports whether chunk id, at loc when indexed, is protected.
-func (p *protection) covers(id ChunkID, loc location, indexed bool) bool {
+// covers reports whether indexed chunk id, at loc, is protected.
+func (p *protection) covers(id ChunkID, loc location) bool {
 	if _, ok := p.pending[id]; ok {
 		return true
-	}
-	if !indexed {
-		return false
 	}
 	_, ok := p.packs[loc.pack]
 	return ok
@@ -49,16 +46,11 @@ func (r *Repository) protections() []*protection {
 	return append(out, r.retired...)
 }
 
-// protected reports whether chunk id, at loc when indexed, is protected by
-// any session. Callers hold r.mu.
-func (r *Repository) protected(id ChunkID, loc location, indexed bool) bool {
-	for s := range r.sessions {
-		if s.prot.covers(id, loc, indexed) {
-			return true
-		}
-	}
-	for _, p := range r.retired {
-		if p.covers(id, loc, indexed) {
+// protected reports whether indexed chunk id, at loc, is protected by any
+// session. Callers hold r.mu.
+func (r *Repository) protected(id ChunkID, loc location) bool {
+	for _, p := range r.protections() {
+		if p.covers(id, loc) {
 			return true
 		}
 	}

@@ -65,10 +65,11 @@ type PruneReport struct {
 // restore point sees, deletes packs whose chunks are all unreferenced,
 // rewrites mostly-dead packs, merges the index files and deletes orphan
 // packs. It never removes a chunk a running session wrote, deduplicated
-// against or looked up (sessions register the packs of those chunks; a
-// session that ends while the prune runs leaves its protection behind for it). Each step is atomic and
-// ordered (new packs → new index → old index removed and dir fsynced → old
-// packs removed), so a crash at any point leaves a valid repository.
+// against or looked up (sessions protect the packs of those chunks; a
+// session that ends while the prune runs leaves its protection behind for
+// it). Each step is atomic and ordered (new packs → new index → old index
+// removed and dir fsynced → old packs removed), so a crash at any point
+// leaves a valid repository.
 func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport, error) {
 	if err := r.check(); err != nil {
 		return PruneReport{}, err
@@ -287,7 +288,7 @@ func (r *Repository) planPrune(referenced map[catalog.ChunkID]struct{}, files []
 	}
 	var dead []ChunkID
 	for id, loc := range r.idx.chunks {
-		if _, ok := referenced[id]; ok || r.protected(id, loc, true) {
+		if _, ok := referenced[id]; ok || r.protected(id, loc) {
 			continue
 		}
 		dead = append(dead, id)
