@@ -200,6 +200,9 @@ func (t *Tenant) Watch(ctx context.Context, f func(scheduler.Cooldown)) {
 func (t *Tenant) watchOnce(ctx context.Context, f func(scheduler.Cooldown)) error {
 	ps := t.b.client.Subscribe(ctx, t.channel)
 	defer ps.Close()
+	// A blocked receive does not watch ctx: closing the subscription ends it.
+	stop := context.AfterFunc(ctx, func() { ps.Close() })
+	defer stop()
 	// Subscribed before reading the keys: a cooldown published in between
 	// arrives twice rather than never.
 	if _, err := ps.Receive(ctx); err != nil {
