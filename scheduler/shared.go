@@ -67,12 +67,16 @@ const (
 	// sharedProbe is how often (real time) a down backend is tried again,
 	// on demand.
 	sharedProbe = time.Second
-	// sharedBlockSlots is the credit taken at once, in window slots: half
-	// a slot keeps a few round trips per second per app while the RU an
-	// agent holds unspent stays small.
-	sharedBlockSlots = 0.5
+	// sharedBlock is the credit taken at once, in time at the window's full
+	// rate: a quarter second keeps the round trips to a few per second per
+	// window while an agent sending only its part of the rate still spends
+	// a block before it expires (one slot: 1 s, the tenant's 5 s). A block
+	// of a whole tenant slot mostly expired unspent, and expired credit
+	// still counts in the shared window: with three agents the tenant
+	// window filled with it and throttled them all.
+	sharedBlock = time.Second / 4
 	// minSharedBlock covers any single request (a permission call costs 5).
-	minSharedBlock = 10
+	minSharedBlock = 5
 )
 
 // credit is RU taken from a shared window and not spent yet. It expires
@@ -85,6 +89,7 @@ type credit struct {
 	ru     int64
 	until  time.Time
 	want   bool  // a request waited for it: take more
+	block  int64 // what a take fills it up to
 	used   int64 // RU all agents took in the window, last we heard
 	usedAt time.Time
 	local  *window // the fallback window, while the backend is down
@@ -185,7 +190,7 @@ func (s *Scheduler) spendLocked(a *appState, cost int) {
 	// Top up before the credit runs out, so that requests rarely wait for
 	// a round trip.
 	for _, c := range [...]*credit{a.credit, s.sh.tenant, s.sh.combined} {
-		if c.ru < minSharedBlock/2 && (c != s.sh.combined || s.shared) {
+		if c.ru < max(c.block, minSharedBlock)/2 && (c != s.sh.combined || s.shared) {
 			c.want = true
 			s.kickLocked()
 		}
@@ -206,8 +211,8 @@ type plan struct {
 	takes   []Take
 }
 
-func block(limit int64, span time.Duration, slot time.Duration) int64 {
-	b := int64(math.Ceil(float64(limit) * sharedBlockSlots * float64(slot) / float64(span)))
+func block(limit int64, span time.Duration) int64 {
+	b := int64(math.Ceil(float64(limit) * float64(sharedBlock) / float64(span)))
 	return max(b, minSharedBlock)
 }
 
@@ -218,7 +223,8 @@ func (s *Scheduler) planLocked(now time.Time) plan {
 			return
 		}
 		span := slot * time.Duration(slots)
-		want := block(limit, span, slot) - c.avail(now)
+		c.block = block(limit, span)
+		want := c.block - c.avail(now)
 		if want <= 0 {
 			c.want = false
 			return
@@ -290,7 +296,7 @@ func (s *Scheduler) replenishLoop(ctx context.Context) {
 			s.dispatchLocked(now)
 			short := false
 			for i, c := range p.credits {
-				if res[i].Granted < p.takes[i].Want && c.ru < minSharedBlock {
+				if res[i].Granted < p.takes[i].Want && c.ru < max(c.block, minSharedBlock)/2 {
 					short = true // the window is full: try again in a while
 				}
 			}
@@ -452,10 +458,17 @@ func (s *Scheduler) applyRemote(c Cooldown) {
 	s.dispatchLocked(now)
 }
 
+// sharedUsedFor is how long the count of a shared window stays good enough
+// to read RateLimit headers with: it slides over a minute, so a few seconds
+// change it little, while a stricter bound (a slot) dropped it whenever a
+// take came late on a loaded, time-scaled machine, and the other agents'
+// traffic then passed for a shared bucket.
+const sharedUsedFor = 10 * time.Second
+
 // sharedUsedLocked is what all agents sent through c's window, as far as
 // the last take told: its count less our credit not spent yet.
 func (s *Scheduler) sharedUsedLocked(c *credit, now time.Time) int64 {
-	if c.usedAt.IsZero() || now.Sub(c.usedAt) > s.slotOf(c) {
+	if c.usedAt.IsZero() || now.Sub(c.usedAt) > sharedUsedFor {
 		return 0
 	}
 	return max(c.used-c.avail(now), 0)

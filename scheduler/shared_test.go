@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ type fakeShared struct {
 	takes     int
 	published []Cooldown
 	watch     chan Cooldown
+	used      func(key string) int64 // what all agents took, if set
 }
 
 func newFakeShared() *fakeShared {
@@ -40,6 +43,9 @@ func (f *fakeShared) Take(_ context.Context, reqs []Take) ([]Taken, error) {
 			f.pool[r.Key] = left - g
 		}
 		out[i] = Taken{Granted: g, Used: g}
+		if f.used != nil {
+			out[i].Used = f.used(r.Key)
+		}
 	}
 	return out, nil
 }
@@ -285,4 +291,51 @@ func TestNoSharedBudgetIsInProcess(t *testing.T) {
 		t.Error("stats say distributed without a shared budget")
 	}
 	s.Close() // a no-op, safe to call
+}
+
+// RateLimit headers count every agent's requests with the app. Without the
+// shared budget's count those of the other agents look like the other apps'
+// traffic in one bucket (the control); with it, they are the app's own and
+// the apps keep their separate budgets.
+func TestSharedBudgetOtherAgentsAreNotASharedBucket(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		knowOthers bool
+		wantShared bool
+	}{{"with the shared count", true, false}, {"without it (control)", false, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			sent := map[string]int64{} // by app, this agent's
+			const agents = 3           // the other two send as much as we do
+			fs := newFakeShared()
+			if tc.knowOthers {
+				fs.used = func(key string) int64 {
+					mu.Lock()
+					defer mu.Unlock()
+					if app, ok := strings.CutPrefix(key, "app:"); ok {
+						return agents * sent[app]
+					}
+					return 0
+				}
+			}
+			_, src := fakeApps("a", "b")
+			s, clock, srv := newTest(t, Config{Shared: fs}, src)
+			t.Cleanup(s.Close)
+			srv.handle = func(r *http.Request, app string, _ int) (*http.Response, error) {
+				mu.Lock()
+				sent[app]++
+				used := agents * sent[app]
+				mu.Unlock()
+				return respond(r, http.StatusOK, nil, "RateLimit-Limit", "1250",
+					"RateLimit-Remaining", strconv.FormatInt(1250-used, 10), "RateLimit-Reset", "30"), nil
+			}
+			for range 100 {
+				mustGet(t, s, graph+"/sites/x")
+				clock.Advance(100 * time.Millisecond)
+			}
+			if got := s.Stats().SharedBudget; got != tc.wantShared {
+				t.Errorf("apps scheduled as one shared bucket: %v, want %v", got, tc.wantShared)
+			}
+		})
+	}
 }
