@@ -15,6 +15,11 @@
 // remains until the reset). Throttling halves the budget's rate, which
 // grows back over 100 s. Waiting requests are served round-robin across
 // jobs (WithJob), metadata before downloads.
+//
+// Several agents on one tenant share their budgets through a SharedBudget
+// (Config.Shared): requests then also spend credit that a background
+// goroutine takes from it in small blocks, and cooldowns are published to
+// and received from the other agents. The grant path stays local.
 package scheduler
 
 import (

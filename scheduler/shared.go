@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"math"
 	"time"
 
@@ -115,19 +116,12 @@ type sharedState struct {
 	combined *credit
 	up       bool
 	received int64 // cooldowns applied from other agents
-	dropped  int64 // cooldowns not published: the queue was full
 }
 
 func newOrigin() string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// sharedWindows are the geometry of the shared windows: the scheduler's
-// own, so that what the agents take together fits what one agent may send.
-func (s *Scheduler) tenantTake() (slot time.Duration, slots int, limit int64) {
-	return tenantSlot, tenantSlots, s.tenant.effectiveCap()
 }
 
 func (s *Scheduler) startShared() {
@@ -235,8 +229,9 @@ func (s *Scheduler) planLocked(now time.Time) plan {
 			Slot: time.Duration(float64(slot) / s.scale), // the backend counts real time
 		})
 	}
-	slot, slots, limit := s.tenantTake()
-	add(s.sh.tenant, limit, slot, slots)
+	// The shared windows have the scheduler's own geometry, so that what
+	// the agents take together fits what one agent may send.
+	add(s.sh.tenant, s.tenant.effectiveCap(), tenantSlot, tenantSlots)
 	if s.shared {
 		add(s.sh.combined, s.combined.effectiveCap(), time.Second, minuteSlots)
 	}
@@ -321,11 +316,7 @@ func (s *Scheduler) replenishLoop(ctx context.Context) {
 	}
 }
 
-var errShortAnswer = errorString("shared budget: answer does not match the request")
-
-type errorString string
-
-func (e errorString) Error() string { return string(e) }
+var errShortAnswer = errors.New("shared budget: answer does not match the request")
 
 func (s *Scheduler) slotOf(c *credit) time.Duration {
 	if c == s.sh.tenant {
@@ -400,8 +391,7 @@ func (s *Scheduler) publishLocked(now time.Time, scope, app string, until time.T
 	c := Cooldown{Origin: s.sh.origin, Scope: scope, App: app, For: time.Duration(float64(until.Sub(now)) / s.scale)}
 	select {
 	case s.sh.pub <- c:
-	default:
-		s.sh.dropped++
+	default: // a burst of 429s: the others get their own, as without sharing
 	}
 }
 
