@@ -345,7 +345,7 @@ func (s *Scheduler) newAppState(app App, now time.Time) *appState {
 		b: newBudget(newWindow(time.Second, minuteSlots), newWindow(time.Minute, daySlots),
 			int64(lim.AppPerMinute), int64(lim.AppPer24h), now)}
 	if s.sh != nil {
-		a.credit = &credit{key: "app:" + a.id}
+		a.credit = &credit{key: "app:" + a.id, own: a.b}
 	}
 	return a
 }

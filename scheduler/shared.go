@@ -93,7 +93,7 @@ type credit struct {
 	block  int64 // what a take fills it up to
 	used   int64 // RU all agents took in the window, last we heard
 	usedAt time.Time
-	local  *window // the fallback window, while the backend is down
+	own    *budget // this agent's own count of the same limit
 }
 
 func (c *credit) avail(now time.Time) int64 {
@@ -128,7 +128,7 @@ func (s *Scheduler) startShared() {
 	sh := &sharedState{
 		sb: s.cfg.Shared, origin: newOrigin(), share: s.cfg.FallbackShare,
 		kick: make(chan struct{}, 1), pub: make(chan Cooldown, 64), done: make(chan struct{}),
-		tenant: &credit{key: "tenant"}, combined: &credit{key: "combined"}, up: true,
+		tenant: &credit{key: "tenant", own: s.tenant}, combined: &credit{key: "combined", own: s.combined}, up: true,
 	}
 	s.sh = sh
 	ctx, cancel := context.WithCancel(context.Background())
@@ -361,23 +361,18 @@ func (s *Scheduler) setUp(err error, downSince *time.Time) {
 	}
 }
 
-// fallbackTakeLocked grants p from local windows holding the fallback share
-// of each limit: without the backend the agent cannot know what the others
-// send, so it assumes they each use as much.
+// fallbackTakeLocked grants p while the backend is down: up to the
+// fallback share of each limit, less what this agent sent within the
+// window (its own windows count that, from before the outage too). Without
+// the backend it cannot know what the others send, so it assumes they each
+// keep to the same share.
 func (s *Scheduler) fallbackTakeLocked(now time.Time, p plan) []Taken {
 	ns := s.ns(now)
 	res := make([]Taken, len(p.takes))
 	for i, c := range p.credits {
-		t := p.takes[i]
-		if c.local == nil {
-			c.local = newWindow(s.slotOf(c), t.Slots)
-		}
-		limit := int64(float64(t.Limit) * s.sh.share)
-		g := min(t.Want, max(limit-c.local.used(ns), 0))
-		if g > 0 {
-			c.local.add(ns, g)
-		}
-		res[i] = Taken{Granted: g, Used: c.local.used(ns)}
+		limit := int64(float64(p.takes[i].Limit) * s.sh.share)
+		used := c.own.win.used(ns) + c.avail(now)
+		res[i] = Taken{Granted: min(p.takes[i].Want, max(limit-used, 0)), Used: used}
 	}
 	return res
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -234,49 +235,72 @@ func TestSharedBudgetAppliesRemoteCooldowns(t *testing.T) {
 // While the backend fails, the agent sends on its fallback share of the
 // limits, says so, and shares again once the backend answers.
 func TestSharedBudgetFallsBackAndRecovers(t *testing.T) {
-	fs := newFakeShared()
-	fs.set("", 0, errors.New("connection refused"))
-	var mu sync.Mutex
-	var states []bool
-	cfg := Config{
-		// The app's own limiter allows a burst of 100, more than the share.
-		Limits: Limits{AppPerMinute: 6000, AppPer24h: 1_000_000, TenantPer5Min: 1_000_000}, FallbackShare: 0.01,
-		SharedState: func(up bool) { mu.Lock(); states = append(states, up); mu.Unlock() },
+	tests := []struct {
+		name       string
+		sentBefore int // while the backend answered
+		wantStates []bool
+	}{
+		{"down from the start", 0, []bool{false, true}},
+		// What the agent sent before the outage counts against its share.
+		{"down after 40 requests", 40, []bool{false, true}},
+		{"down after more than the share", 80, []bool{false, true}},
 	}
-	s, clock, srv := newSharedTest(t, cfg, fs)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := newFakeShared()
+			var mu sync.Mutex
+			var states []bool
+			cfg := Config{
+				// The app's own limiter allows a burst of 100, more than the share.
+				Limits: Limits{AppPerMinute: 6000, AppPer24h: 1_000_000, TenantPer5Min: 1_000_000}, FallbackShare: 0.01,
+				SharedState: func(up bool) { mu.Lock(); states = append(states, up); mu.Unlock() },
+			}
+			if tc.sentBefore == 0 {
+				fs.set("", 0, errors.New("connection refused"))
+			}
+			s, clock, srv := newSharedTest(t, cfg, fs)
+			for range tc.sentBefore {
+				mustGet(t, s, graph+"/sites/x")
+			}
+			fs.set("", 0, errors.New("connection refused"))
+			// Spend what credit is left, so the next request asks the backend.
+			clock.Advance(time.Second)
 
-	// 1 % of 6000 RU per minute: 60 requests, then the 61st waits.
-	for range 60 {
-		mustGet(t, s, graph+"/sites/x")
-	}
-	if st := s.Stats(); !st.Distributed || st.DistributedUp {
-		t.Fatalf("stats say distributed=%v up=%v while the backend fails, want true false", st.Distributed, st.DistributedUp)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := get(t, s, graph+"/sites/x")
-		done <- err
-	}()
-	eventually(t, "the 61st request to queue", func() bool { return s.Stats().Queued == 1 })
-	clock.Advance(time.Second)
-	if n := len(srv.requests()); n != 60 {
-		t.Fatalf("%d requests sent on a fallback share of 60 RU", n)
-	}
-	fs.set("", 0, nil)
-	for i := 0; i < 40 && len(done) == 0; i++ {
-		clock.Advance(time.Second / 4)
-		time.Sleep(time.Millisecond)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if st := s.Stats(); !st.DistributedUp {
-		t.Error("stats say down after the backend answered again")
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(states) != 2 || states[0] || !states[1] {
-		t.Errorf("SharedState calls %v, want [false true]", states)
+			// 1 % of 6000 RU per minute: 60 requests in all, then one waits.
+			allowed := max(60-tc.sentBefore, 0)
+			for range allowed {
+				mustGet(t, s, graph+"/sites/x")
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := get(t, s, graph+"/sites/x")
+				done <- err
+			}()
+			eventually(t, "a request beyond the share to queue", func() bool { return s.Stats().Queued == 1 })
+			if st := s.Stats(); !st.Distributed || st.DistributedUp {
+				t.Fatalf("stats say distributed=%v up=%v while the backend fails, want true false", st.Distributed, st.DistributedUp)
+			}
+			clock.Advance(time.Second / 2) // less than the probe interval: still down
+			if n := len(srv.requests()); n != tc.sentBefore+allowed {
+				t.Fatalf("%d requests sent, want %d before and %d on the fallback share", n, tc.sentBefore, allowed)
+			}
+			fs.set("", 0, nil)
+			for i := 0; i < 40 && len(done) == 0; i++ {
+				clock.Advance(time.Second / 4)
+				time.Sleep(time.Millisecond)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if st := s.Stats(); !st.DistributedUp {
+				t.Error("stats say down after the backend answered again")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !slices.Equal(states, tc.wantStates) {
+				t.Errorf("SharedState calls %v, want %v", states, tc.wantStates)
+			}
+		})
 	}
 }
 
