@@ -128,6 +128,7 @@ func assemble(log *zap.Logger, cfg agentConfig) (*assembled, error) {
 	}
 	tc := backup.TenantsConfig{GraphURL: cfg.graphURL, Transport: transport, Scheduler: cfg.scheduler}
 	if cfg.budgetRedis != "" {
+		redisbudget.SetLogger(log)
 		if a.redis, err = redisbudget.Client(cfg.budgetRedis); err != nil {
 			return nil, fmt.Errorf("--budget-redis: %w", err)
 		}

@@ -38,6 +38,16 @@ func Client(url string) (*redis.Client, error) {
 	return redis.NewClient(opt), nil
 }
 
+// SetLogger sends go-redis's own messages (reconnection attempts) to log at
+// Debug: the scheduler reports Redis going and coming back once, at Warn,
+// and plain-text lines on stderr would break the agent's JSON log. go-redis
+// has one logger per process.
+func SetLogger(log *zap.Logger) { redis.SetLogger(zapPrintf{log.Named("go-redis").Sugar()}) }
+
+type zapPrintf struct{ l *zap.SugaredLogger }
+
+func (z zapPrintf) Printf(_ context.Context, format string, v ...any) { z.l.Debugf(format, v...) }
+
 // Budget is the shared state of all tenants in one Redis database.
 type Budget struct {
 	log    *zap.Logger
