@@ -245,8 +245,7 @@ func (s *Scheduler) planLocked(now time.Time) plan {
 }
 
 // replenishLoop takes credit from the shared budget whenever the grant
-// path wants some, and from the local fallback windows while the backend
-// is down.
+// path wants some, and the fallback share while the backend is down.
 func (s *Scheduler) replenishLoop(ctx context.Context) {
 	sh := s.sh
 	var downSince, lastProbe time.Time
@@ -280,6 +279,9 @@ func (s *Scheduler) replenishLoop(ctx context.Context) {
 				c.want = false
 				if res[i].Granted > 0 {
 					if now.Before(c.until) {
+						// The remainder (under half a block) lives on
+						// with the new block: at most a slot late, which
+						// the windows' extra slot absorbs.
 						c.ru += res[i].Granted
 					} else {
 						c.ru = res[i].Granted
