@@ -139,6 +139,21 @@ func NewServer(log *zap.Logger, limits Limits, sec Security, svcs Services, extr
 	return &Server{log: log, grpc: gs, health: hs}
 }
 
+// SharedBudgetService is the health service name that reports the budget
+// shared with other agents (serve --budget-redis): NOT_SERVING while this
+// agent works on its fallback share. The agent as a whole ("") stays
+// SERVING: it still backs up, only more slowly.
+const SharedBudgetService = "backupproxy.v1.SharedBudget"
+
+// SetSharedBudgetHealth reports the shared budget's state in health.
+func (s *Server) SetSharedBudgetHealth(up bool) {
+	st := healthpb.HealthCheckResponse_SERVING
+	if !up {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	s.health.SetServingStatus(SharedBudgetService, st)
+}
+
 // Serve accepts connections on lis until Shutdown. It returns nil after a
 // shutdown and the listener's error otherwise.
 func (s *Server) Serve(lis net.Listener) error {

@@ -89,6 +89,9 @@ var descs = []struct {
 	{"tenant_pause_remaining_seconds", "Seconds until the tenant-wide pause (a 429 without RateLimit headers, or a shared bucket's) ends; 0 when not paused.", tenantLabels},
 	{"tenant_shared_budget", "1 if the applications were found to share one bucket and are scheduled as one budget.", tenantLabels},
 	{"tenant_shared_limit_ru_per_minute", "The shared bucket's resource units per minute; only while tenant_shared_budget is 1.", tenantLabels},
+	// Per tenant, with several agents sharing one budget (serve --budget-redis).
+	{"shared_budget_up", "1 while the budget shared with other agents (Redis) answers, 0 while this agent works on its fallback share; absent without --budget-redis.", tenantLabels},
+	{"shared_budget_remote_cooldowns_total", "Cooldowns (Retry-After, tenant pauses) other agents received and this agent honoured; absent without --budget-redis.", tenantLabels},
 	// Jobs.
 	{"jobs", "Jobs in the job database by state.", []string{"state"}},
 	{"items_backed_up_total", "Items recorded in restore points being made (files and folders, unchanged ones included) since the agent started.", tenantLabels},
@@ -164,6 +167,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge("tenant_shared_budget", boolValue(st.SharedBudget), t)
 		if st.SharedBudget {
 			gauge("tenant_shared_limit_ru_per_minute", float64(st.SharedLimit), t)
+		}
+		if st.Distributed {
+			gauge("shared_budget_up", boolValue(st.DistributedUp), t)
+			counter("shared_budget_remote_cooldowns_total", st.RemoteCooldowns, t)
 		}
 	}
 

@@ -71,6 +71,7 @@ func fixture() *metrics.Collector {
 		RULastMinute: 40, RULast5Min: 300, RULast24h: 914,
 		PausedUntil:  at.Add(-time.Second), // past: not paused
 		SharedBudget: true, SharedLimit: 1250, RatePerMinute: 9375,
+		Distributed: true, DistributedUp: false, RemoteCooldowns: 4,
 	}}
 	j := fakeJobs{
 		counts: map[jobs.State]int{jobs.Running: 2, jobs.Queued: 1, jobs.Succeeded: 40, jobs.Failed: 1},
@@ -161,6 +162,8 @@ backup_proxy_downloaded_bytes_total{tenant="` + tenantA + `"} 5.24288e+06
 		{"backup_proxy_tenant_pacing_rate_ru_per_minute", 9375},
 		{"backup_proxy_tenant_shared_budget", 1},
 		{"backup_proxy_tenant_shared_limit_ru_per_minute", 1250},
+		{"backup_proxy_shared_budget_up", 0},
+		{"backup_proxy_shared_budget_remote_cooldowns_total", 4},
 		{"backup_proxy_items_backed_up_total", 1000},
 		{"backup_proxy_items_failed_total", 4},
 		{"backup_proxy_items_deleted_total", 9},

@@ -549,6 +549,16 @@ func (s *Scheduler) rateLimitLocked(now time.Time, ns int64, g *grant, rl rateLi
 	serverUsed := rl.limit - rl.remaining
 	own := max(a.b.win.used(ns)-a.inflight, 0)
 	all := max(s.combined.win.used(ns)-s.inflight, 0)
+	if s.sh != nil {
+		// The other agents' traffic on this app is not a shared bucket:
+		// count it as the app's own.
+		var others int64
+		for _, o := range s.apps {
+			others += s.sharedUsedLocked(o.credit, now)
+		}
+		own = max(own, s.sharedUsedLocked(a.credit, now)-a.inflight)
+		all = max(all, others-s.inflight)
+	}
 	tol := max(rl.limit/20, 10)
 	entered := false
 	if len(s.apps) > 1 {
@@ -649,9 +659,11 @@ func (s *Scheduler) throttleLocked(now time.Time, g *grant, status int, h http.H
 			if until := now.Add(cd); until.After(s.sharedPauseUntil) {
 				s.sharedPauseUntil, s.sharedPauseSetAt = until, now
 			}
+			s.publishLocked(now, ScopeShared, "", now.Add(cd))
 			ev.scope, ev.decreased, ev.rate = "shared", s.combined.decrease(now), s.combined.ratePerMinute()
 		} else {
 			ev.scope = "app"
+			s.publishLocked(now, ScopeApp, a.id, now.Add(cd))
 			if rl.remaining == 0 {
 				ev.decreased = a.b.decrease(now)
 			}
@@ -665,6 +677,7 @@ func (s *Scheduler) throttleLocked(now time.Time, g *grant, status int, h http.H
 		if until.After(s.pauseUntil) {
 			s.pauseUntil, s.pauseSetAt = until, now
 		}
+		s.publishLocked(now, ScopeTenant, "", until)
 		ev.cooldown = ra
 		ev.scope, ev.decreased, ev.rate = "tenant", s.tenant.decrease(now), s.tenant.ratePerMinute()
 	}
@@ -731,6 +744,7 @@ func (s *Scheduler) inspectBatch(g *grant, resp *http.Response) {
 		s.throttled += int64(n)
 		s.jobLocked(g.job).throttled += int64(n)
 		a.cool(now, now.Add(longest))
+		s.publishLocked(now, ScopeApp, a.id, now.Add(longest))
 		a.b.decrease(now)
 	}
 	s.mu.Unlock()

@@ -15,6 +15,11 @@
 // remains until the reset). Throttling halves the budget's rate, which
 // grows back over 100 s. Waiting requests are served round-robin across
 // jobs (WithJob), metadata before downloads.
+//
+// Several agents on one tenant share their budgets through a SharedBudget
+// (Config.Shared): requests then also spend credit that a background
+// goroutine takes from it in small blocks, and cooldowns are published to
+// and received from the other agents. The grant path stays local.
 package scheduler
 
 import (
@@ -118,6 +123,17 @@ type Config struct {
 	SharedRevertAfter time.Duration
 	// AppRefresh is how often the app list is read again. Default 30 s.
 	AppRefresh time.Duration
+	// Shared, if set, is the budget this agent shares with others backing
+	// up the same tenant: requests also need credit taken from it, and
+	// cooldowns are published to and received from the others. Nil: this
+	// agent alone, everything in process. Close stops its goroutines.
+	Shared SharedBudget
+	// FallbackShare is the share of each limit the agent uses while Shared
+	// is unreachable (about one over the number of agents). Default 1/3.
+	FallbackShare float64
+	// SharedState, if set, is called when Shared stops or starts answering
+	// (false: the fallback share is in force). Not called under the lock.
+	SharedState func(up bool)
 }
 
 func (c Config) withDefaults() Config {
@@ -166,6 +182,10 @@ func (c Config) withDefaults() Config {
 	if c.AppRefresh <= 0 {
 		c.AppRefresh = 30 * time.Second
 	}
+	if c.FallbackShare <= 0 {
+		c.FallbackShare = 1.0 / 3
+	}
+	c.FallbackShare = min(c.FallbackShare, 1)
 	return c
 }
 
@@ -214,6 +234,8 @@ type appState struct {
 
 	requests, t429, t503 int64
 	inflight             int64 // RU sent and not answered yet
+
+	credit *credit // from the shared budget; nil without one
 }
 
 func (a *appState) cool(now, until time.Time) {
@@ -277,6 +299,8 @@ type Scheduler struct {
 	timerAt   time.Time
 	timerGen  uint64
 
+	sh *sharedState // nil without Config.Shared
+
 	jobs                                                 map[string]*jobCounters
 	inflight                                             int64 // RU sent and not answered yet, all apps
 	requests, attempts, retries, failed, throttled, viol int64
@@ -304,6 +328,9 @@ func New(log *zap.Logger, cfg Config, apps AppSource, base http.RoundTripper) *S
 	s.tenant = newBudget(newWindow(tenantSlot, tenantSlots), nil, tenantCap, 0, now)
 	s.combined = newBudget(newWindow(time.Second, minuteSlots), newWindow(time.Minute, daySlots),
 		int64(lim.AppPerMinute), int64(lim.AppPer24h), now)
+	if cfg.Shared != nil {
+		s.startShared()
+	}
 	s.mu.Lock()
 	s.refreshLocked(now)
 	s.mu.Unlock()
@@ -314,9 +341,13 @@ func (s *Scheduler) ns(t time.Time) int64 { return int64(t.Sub(s.epoch)) }
 
 func (s *Scheduler) newAppState(app App, now time.Time) *appState {
 	lim := s.cfg.Limits
-	return &appState{app: app, id: app.ID(),
+	a := &appState{app: app, id: app.ID(),
 		b: newBudget(newWindow(time.Second, minuteSlots), newWindow(time.Minute, daySlots),
 			int64(lim.AppPerMinute), int64(lim.AppPer24h), now)}
+	if s.sh != nil {
+		a.credit = &credit{key: "app:" + a.id, own: a.b}
+	}
+	return a
 }
 
 // Refresh reads the app list again now, e.g. after the pool changed.
@@ -390,6 +421,9 @@ func (s *Scheduler) readyAtLocked(a *appState, now time.Time, ns int64, cost int
 	if d := a.b.delay(now, ns, cost); d > 0 {
 		at = laterOf(at, now.Add(d))
 	}
+	if s.sh != nil && !at.After(now) {
+		at = s.sharedAvailLocked(a.credit, now, cost, a.b.base*a.b.factor)
+	}
 	return at, true
 }
 
@@ -411,7 +445,13 @@ func (s *Scheduler) globalReadyLocked(now time.Time, ns int64, cost int) time.Ti
 			if d := s.combined.delay(now, ns, cost); d > 0 {
 				at = laterOf(at, now.Add(d))
 			}
+			if s.sh != nil && !at.After(now) {
+				at = s.sharedAvailLocked(s.sh.combined, now, cost, s.combined.base*s.combined.factor)
+			}
 		}
+	}
+	if s.sh != nil && !at.After(now) {
+		at = s.sharedAvailLocked(s.sh.tenant, now, cost, s.tenant.base*s.tenant.factor)
 	}
 	return at
 }
@@ -474,6 +514,9 @@ func (s *Scheduler) chargeLocked(now time.Time, ns int64, a *appState, cost int,
 	s.combined.charge(now, ns, cost)
 	a.inflight += int64(cost)
 	s.inflight += int64(cost)
+	if s.sh != nil {
+		s.spendLocked(a, cost)
+	}
 	return grant{app: a, client: a.app, job: job, at: now, ns: ns, ru: cost, inflight: cost}
 }
 
@@ -491,6 +534,9 @@ func (s *Scheduler) refund(g *grant, ru int) {
 	g.app.b.refund(now, g.ns, ru)
 	s.tenant.refund(now, g.ns, ru)
 	s.combined.refund(now, g.ns, ru)
+	if s.sh != nil {
+		s.unspendLocked(g.app, ru, s.clock.Now())
+	}
 	s.settleLocked(g, ru)
 	g.ru -= ru
 	s.dispatchLocked(s.clock.Now())

@@ -39,6 +39,14 @@ type TenantStats struct {
 	SharedBudget  bool      // the apps were found to share one bucket
 	SharedLimit   int64     // that bucket's RU per minute
 	RatePerMinute float64   // the tenant limiter's pacing rate (share of the tenant bucket), RU/min
+
+	// Distributed: a shared budget (Config.Shared) is configured.
+	Distributed bool
+	// DistributedUp: it answers; false while the fallback share is in force.
+	DistributedUp bool
+	// RemoteCooldowns counts cooldowns other agents published that this
+	// scheduler applied.
+	RemoteCooldowns int64
 }
 
 // JobStats count one job's requests (WithJob).
@@ -62,6 +70,9 @@ func (s *Scheduler) Stats() TenantStats {
 		Queued:       s.queues[ClassMetadata].n + s.queues[ClassDownload].n,
 		RULastMinute: s.combined.win.used(ns), RULast5Min: s.tenant.win.used(ns), RULast24h: s.combined.day.used(ns),
 		SharedBudget: s.shared, SharedLimit: s.sharedLimit, RatePerMinute: s.tenant.ratePerMinute(),
+	}
+	if s.sh != nil {
+		st.Distributed, st.DistributedUp, st.RemoteCooldowns = true, s.sh.up, s.sh.received
 	}
 	if s.pauseUntil.After(now) {
 		st.PausedUntil = s.pauseUntil

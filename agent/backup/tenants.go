@@ -24,6 +24,12 @@ type TenantsConfig struct {
 	Transport http.RoundTripper
 	// Scheduler is the configuration every tenant's scheduler starts from.
 	Scheduler scheduler.Config
+	// Shared, if set, returns the budget a tenant's scheduler shares with
+	// the other agents backing up that tenant (Scheduler.Shared).
+	Shared func(tenantID string) scheduler.SharedBudget
+	// SharedState, if set, hears when a tenant's shared budget stops or
+	// starts answering (Scheduler.SharedState).
+	SharedState func(tenantID string, up bool)
 }
 
 // Tenants holds one scheduler and one Graph client per tenant, created on
@@ -63,7 +69,14 @@ func (t *Tenants) Tenant(tenantID string) (*Tenant, error) {
 	if tc, ok := t.m[tenantID]; ok {
 		return tc, nil
 	}
-	sched := scheduler.New(t.log.With(zap.String("tenant_id", tenantID)), t.cfg.Scheduler, scheduler.PoolApps(t.pool, tenantID), t.cfg.Transport)
+	cfg := t.cfg.Scheduler
+	if t.cfg.Shared != nil {
+		cfg.Shared = t.cfg.Shared(tenantID)
+		if f := t.cfg.SharedState; f != nil {
+			cfg.SharedState = func(up bool) { f(tenantID, up) }
+		}
+	}
+	sched := scheduler.New(t.log.With(zap.String("tenant_id", tenantID)), cfg, scheduler.PoolApps(t.pool, tenantID), t.cfg.Transport)
 	client, err := graph.New(&http.Client{
 		Transport: sched,
 		// The scheduler follows download redirects itself, with the app
@@ -76,6 +89,16 @@ func (t *Tenants) Tenant(tenantID string) (*Tenant, error) {
 	tc := &Tenant{Scheduler: sched, Graph: client}
 	t.m[tenantID] = tc
 	return tc, nil
+}
+
+// Close stops the schedulers' shared-budget goroutines. Call it after the
+// jobs have stopped.
+func (t *Tenants) Close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, tc := range t.m {
+		tc.Scheduler.Close()
+	}
 }
 
 // Client implements Clients.

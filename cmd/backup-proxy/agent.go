@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/backup-proxy/backup-proxy/agent"
@@ -20,6 +22,7 @@ import (
 	"github.com/backup-proxy/backup-proxy/pool"
 	"github.com/backup-proxy/backup-proxy/repo"
 	"github.com/backup-proxy/backup-proxy/scheduler"
+	"github.com/backup-proxy/backup-proxy/scheduler/redisbudget"
 )
 
 // agentConfig is what assembling an agent needs; serve fills it from flags,
@@ -38,6 +41,9 @@ type agentConfig struct {
 	// which suits demo and tests driving the agent from one process.
 	rpcRate  float64
 	rpcBurst int
+	// budgetRedis is the redis:// URL of the budget shared with other
+	// agents (serve --budget-redis); empty: everything in process.
+	budgetRedis string
 }
 
 // assembled is a running agent's parts.
@@ -49,6 +55,36 @@ type assembled struct {
 	jobs    *jobs.Manager
 	server  *agent.Server
 	metrics *prometheus.Registry // served by serve --metrics-listen
+	redis   *redis.Client        // the shared budget's, if any
+	shared  *sharedHealth
+}
+
+// sharedHealth folds the tenants' shared-budget states into the health
+// service: NOT_SERVING while any tenant works on its fallback share.
+type sharedHealth struct {
+	mu     sync.Mutex
+	down   map[string]bool
+	server *agent.Server // set once assembled; states before go to the log only
+}
+
+func (h *sharedHealth) set(tenantID string, up bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if up {
+		delete(h.down, tenantID)
+	} else {
+		h.down[tenantID] = true
+	}
+	if h.server != nil {
+		h.server.SetSharedBudgetHealth(len(h.down) == 0)
+	}
+}
+
+func (h *sharedHealth) attach(s *agent.Server) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.server = s
+	s.SetSharedBudgetHealth(len(h.down) == 0)
 }
 
 // assemble opens the data directory's pool, repository and job database and
@@ -90,9 +126,28 @@ func assemble(log *zap.Logger, cfg agentConfig) (*assembled, error) {
 	if err != nil {
 		return nil, fmt.Errorf("repository: %w", err)
 	}
-	a.tenants = backup.NewTenants(log.Named("scheduler"), a.pool, backup.TenantsConfig{
-		GraphURL: cfg.graphURL, Transport: transport, Scheduler: cfg.scheduler,
-	})
+	tc := backup.TenantsConfig{GraphURL: cfg.graphURL, Transport: transport, Scheduler: cfg.scheduler}
+	if cfg.budgetRedis != "" {
+		redisbudget.SetLogger(log)
+		if a.redis, err = redisbudget.Client(cfg.budgetRedis); err != nil {
+			return nil, fmt.Errorf("--budget-redis: %w", err)
+		}
+		// Unreachable now is not fatal: the schedulers start on their
+		// fallback share and share once Redis answers.
+		pctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if err := a.redis.Ping(pctx).Err(); err != nil {
+			log.Warn("shared budget: Redis does not answer yet; agents work on their fallback share until it does",
+				zap.String("redis", a.redis.Options().Addr), zap.Error(err))
+		} else {
+			log.Info("shared budget in Redis", zap.String("redis", a.redis.Options().Addr))
+		}
+		cancel()
+		budget := redisbudget.New(log, a.redis, "")
+		a.shared = &sharedHealth{down: map[string]bool{}}
+		tc.Shared = func(tenantID string) scheduler.SharedBudget { return budget.Tenant(tenantID) }
+		tc.SharedState = a.shared.set
+	}
+	a.tenants = backup.NewTenants(log.Named("scheduler"), a.pool, tc)
 	engine := backup.New(log, backup.Config{Downloads: cfg.downloadsPerJob}, a.repo, a.tenants)
 	a.jobs, err = jobs.Open(log, jobs.Config{
 		Path:        filepath.Join(cfg.dataDir, "jobs.db"),
@@ -122,6 +177,9 @@ func assemble(log *zap.Logger, cfg agentConfig) (*assembled, error) {
 		Job:     agent.NewJobService(a.jobs),
 		Catalog: agent.NewCatalogService(a.repo, backup.SourceKey),
 	})
+	if a.shared != nil {
+		a.shared.attach(a.server)
+	}
 	ok = true
 	return a, nil
 }
@@ -131,6 +189,12 @@ func (a *assembled) close(ctx context.Context) error {
 	var errs []error
 	if a.jobs != nil {
 		errs = append(errs, a.jobs.Close(ctx))
+	}
+	if a.tenants != nil {
+		a.tenants.Close()
+	}
+	if a.redis != nil {
+		errs = append(errs, a.redis.Close())
 	}
 	if a.repo != nil {
 		errs = append(errs, a.repo.Close())

@@ -126,6 +126,7 @@ const benchUsage = `usage:
   backup-proxy bench backup [flags]     full backups end to end, throttling off and on
   backup-proxy bench memory [flags]     peak RSS of an agent process backing up one large drive
   backup-proxy bench load [flags]       GetJob/ListJobs with ghz over mutual TLS during a backup (scripts/loadtest)
+  backup-proxy bench scaleout [flags]   three agent processes on one tenant, with a shared Redis budget and without
 `
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -142,6 +143,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return runBenchMemory(ctx, args[1:], stdout, stderr)
 	case "load":
 		return runBenchLoad(ctx, args[1:], stdout, stderr)
+	case "scaleout":
+		return runBenchScaleout(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, benchUsage)
 	return exitUsage

@@ -36,6 +36,11 @@ type e2e struct {
 	pool    pb.PoolServiceClient
 	jobs    pb.JobServiceClient
 	catalog pb.CatalogServiceClient
+
+	// Set before start: the scheduler's limits (default generous) and the
+	// shared budget's Redis (default none).
+	limits      *scheduler.Limits
+	budgetRedis string
 }
 
 // generous limits keep pacing out of the way: these tests are about content.
@@ -64,12 +69,15 @@ func (e *e2e) start(dataDir string) {
 	// tighter graphsim is a tenant whose real budget is below the configured
 	// one, which the scheduler must discover from the throttling signals.
 	sc := scheduler.Config{Limits: scheduler.Limits{AppPerMinute: generous.AppPerMinute, AppPer24h: generous.AppPer24h, TenantPer5Min: generous.TenantPer5Min}}
+	if e.limits != nil {
+		sc.Limits = *e.limits
+	}
 	if f := e.opts.TimeScale; f > 1 {
 		sc.Clock, sc.HeaderSecond = scheduler.Scaled(scheduler.RealClock{}, f), time.Duration(f*float64(time.Second))
 	}
 	a, err := assemble(zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), agentConfig{
 		dataDir: dataDir, graphURL: e.sim.GraphURL(), loginURL: e.sim.LoginURL(), roots: e.sim.CertPool(),
-		maxJobs: 4, maxQueuedJobs: 100, downloadsPerJob: 4, scheduler: sc,
+		maxJobs: 4, maxQueuedJobs: 100, downloadsPerJob: 4, scheduler: sc, budgetRedis: e.budgetRedis,
 	})
 	if err != nil {
 		t.Fatal(err)

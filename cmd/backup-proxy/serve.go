@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -55,6 +56,10 @@ type serveConfig struct {
 	security          agent.Security // loaded from the files above
 	rpcRate           float64
 	rpcBurst          int
+
+	budgetRedis   string  // redis:// URL of the budget shared with other agents; empty: in process
+	fallbackShare float64 // share of the limits while that Redis is unreachable
+	simTimeScale  float64 // graphsim's TimeScale, for benchmarks; 1 against Microsoft
 }
 
 // parseServeFlags parses and validates the flags of `serve`. Every problem is
@@ -94,6 +99,9 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.Float64Var(&cfg.rpcRate, "rpc-rate", 200, "RPCs per second each caller may make on average; beyond it RESOURCE_EXHAUSTED (0: no limit)")
 	fs.IntVar(&cfg.rpcBurst, "rpc-burst", 400, "RPCs each caller may make at once before --rpc-rate applies")
 	fs.BoolVar(&cfg.insecureOnNetwork, "insecure-plaintext-on-network", false, "allow a non-loopback --listen without TLS: anyone who reaches the port controls the agent and reads its backups")
+	fs.StringVar(&cfg.budgetRedis, "budget-redis", "", "redis://host:port/db of a Redis shared by all agents backing up the same tenants: together they keep to one tenant share and one set of app limits and honour each other's throttles; empty: this agent alone")
+	fs.Float64Var(&cfg.fallbackShare, "budget-fallback-share", 1.0/3, "share of each limit an agent uses while --budget-redis is unreachable (about 1 / number of agents)")
+	fs.Float64Var(&cfg.simTimeScale, "sim-time-scale", 1, "for benchmarks against graphsim only: its TimeScale (simulated seconds per real second); 1 against Microsoft")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -165,6 +173,17 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	}
 	if cfg.rpcRate > 0 && cfg.rpcBurst < 1 {
 		return nil, fmt.Errorf("--rpc-burst: must be at least 1, got %d", cfg.rpcBurst)
+	}
+	if cfg.budgetRedis != "" {
+		if _, err := redis.ParseURL(cfg.budgetRedis); err != nil {
+			return nil, fmt.Errorf("--budget-redis: %q is not a Redis URL like redis://127.0.0.1:6379/0 (or rediss:// for TLS): %w", cfg.budgetRedis, err)
+		}
+	}
+	if cfg.fallbackShare <= 0 || cfg.fallbackShare > 1 {
+		return nil, fmt.Errorf("--budget-fallback-share: must be in (0, 1], got %v", cfg.fallbackShare)
+	}
+	if cfg.simTimeScale < 1 {
+		return nil, fmt.Errorf("--sim-time-scale: must be at least 1, got %v", cfg.simTimeScale)
 	}
 	return &cfg, nil
 }
@@ -429,12 +448,25 @@ func (c *serveConfig) agentConfig() agentConfig {
 		security:        c.security,
 		rpcRate:         c.rpcRate,
 		rpcBurst:        c.rpcBurst,
-		scheduler: scheduler.Config{
-			Company:     c.company,
-			TenantShare: c.tenantShare,
-			Limits:      c.schedulerLimits(),
-		},
+		scheduler:       c.schedulerConfig(),
+		budgetRedis:     c.budgetRedis,
 	}
+}
+
+func (c *serveConfig) schedulerConfig() scheduler.Config {
+	sc := scheduler.Config{
+		Company:       c.company,
+		TenantShare:   c.tenantShare,
+		Limits:        c.schedulerLimits(),
+		FallbackShare: c.fallbackShare,
+	}
+	if c.simTimeScale > 1 {
+		// graphsim runs its windows this much faster and states Retry-After
+		// in real seconds (scheduler.Config.HeaderSecond).
+		sc.Clock = scheduler.Scaled(scheduler.RealClock{}, c.simTimeScale)
+		sc.HeaderSecond = time.Duration(c.simTimeScale * float64(time.Second))
+	}
+	return sc
 }
 
 // lockDataDir creates the data directory (0700: it will hold private keys)

@@ -52,6 +52,12 @@ func TestParseServeFlagsRejectsBadInput(t *testing.T) {
 		{"company with bar", []string{"--company", "a|b"}, "--company"},
 		{"metrics listen without port", []string{"--metrics-listen", "9090"}, "--metrics-listen"},
 		{"metrics listen named port", []string{"--metrics-listen", "localhost:prometheus"}, "--metrics-listen"},
+		{"budget redis not a url", []string{"--budget-redis", "localhost:6379"}, "--budget-redis"},
+		{"budget redis other scheme", []string{"--budget-redis", "http://localhost:6379"}, "--budget-redis"},
+		{"budget redis bad db", []string{"--budget-redis", "redis://localhost:6379/x"}, "--budget-redis"},
+		{"fallback share zero", []string{"--budget-fallback-share", "0"}, "--budget-fallback-share"},
+		{"fallback share above one", []string{"--budget-fallback-share", "1.5"}, "--budget-fallback-share"},
+		{"sim time scale", []string{"--sim-time-scale", "0.5"}, "--sim-time-scale"},
 		{"stray argument", []string{"now"}, "unexpected arguments"},
 	}
 	for _, tt := range tests {
@@ -170,8 +176,11 @@ func TestParseServeFlagsDefaults(t *testing.T) {
 	if cfg.listen != "127.0.0.1:50051" || cfg.graphURL.String() != "https://graph.microsoft.com" ||
 		cfg.loginURL.String() != "https://login.microsoftonline.com" || cfg.maxJobs != 4 || cfg.memoryLimit != 192<<20 ||
 		cfg.rpcRate != 200 || cfg.rpcBurst != 400 || cfg.security.TLS != nil || cfg.insecureOnNetwork ||
-		cfg.metricsListen != "" {
+		cfg.metricsListen != "" || cfg.budgetRedis != "" || cfg.fallbackShare != 1.0/3 || cfg.simTimeScale != 1 {
 		t.Errorf("defaults = %+v", cfg)
+	}
+	if sc := cfg.schedulerConfig(); sc.Shared != nil || sc.Clock != nil {
+		t.Errorf("default scheduler config has a shared budget or a clock: %+v", sc)
 	}
 }
 

@@ -1,0 +1,119 @@
+// Package redisserver runs a throwaway redis-server on a loopback port for
+// tests and benchmarks: no persistence, its files in a given directory, and
+// a Stop/Start pair that keeps the port so that clients reconnect.
+package redisserver
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// ErrNotInstalled: redis-server is not on PATH.
+var ErrNotInstalled = errors.New("redis-server is not installed (Debian: apt-get install redis-server)")
+
+// Server is a redis-server child process.
+type Server struct {
+	dir  string
+	port int
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Start starts redis-server on a free loopback port, its files in dir.
+func Start(dir string) (*Server, error) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		return nil, ErrNotInstalled
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	s := &Server{dir: dir, port: port}
+	return s, s.Start()
+}
+
+// URL is the server's redis:// URL.
+func (s *Server) URL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", s.port) }
+
+// Addr is host:port.
+func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
+
+// Start (re)starts the server on its port and waits until it accepts
+// connections.
+func (s *Server) Start() error {
+	if s.cmd != nil {
+		return errors.New("redisserver: already running")
+	}
+	log, err := os.Create(filepath.Join(s.dir, fmt.Sprintf("redis-%d.log", s.port)))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir, "--daemonize", "no")
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return fmt.Errorf("start redis-server: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); log.Close(); close(done) }()
+	s.cmd, s.done = cmd, done
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.Addr(), 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-done:
+			s.cmd = nil
+			return fmt.Errorf("redis-server exited at start; see %s", log.Name())
+		default:
+		}
+		if time.Now().After(deadline) {
+			_ = s.Stop()
+			return fmt.Errorf("redis-server did not listen on %s within 10 s", s.Addr())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop kills the server (as a crash would) and waits for it to exit.
+func (s *Server) Stop() error {
+	if s.cmd == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd = nil
+	return nil
+}
+
+// ForTest starts a server for t and stops it at the end. Without
+// redis-server it skips the test, except under CI (CI set), where a missing
+// server is a broken environment and fails it.
+func ForTest(t testing.TB) *Server {
+	t.Helper()
+	s, err := Start(t.TempDir())
+	if errors.Is(err, ErrNotInstalled) {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set but %v", err)
+		}
+		t.Skipf("skipped: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	return s
+}

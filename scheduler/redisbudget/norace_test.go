@@ -1,0 +1,5 @@
+//go:build !race
+
+package redisbudget
+
+const raceEnabled = false
