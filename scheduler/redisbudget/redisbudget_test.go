@@ -152,9 +152,11 @@ func hammer(ctx context.Context, t *testing.T, s *scheduler.Scheduler, url strin
 // (the control) tries three times the limit and is throttled.
 func TestSchedulersStayWithinOneAppLimit(t *testing.T) {
 	srv := redisserver.ForTest(t)
-	scale, run := 30.0, 6*time.Second // 3 simulated minutes
+	// A slot of the windows is a second of simulated time: 100 ms here, a
+	// margin a busy machine's scheduling hiccups stay within.
+	scale, run := 10.0, 9*time.Second // 1.5 simulated minutes
 	if raceEnabled {
-		scale, run = 10, 12*time.Second // 2 simulated minutes
+		scale, run = 30, 3*time.Second // 1.5 simulated minutes: races, not rates (see below)
 	}
 	limits := graphsim.Limits{AppPerMinute: 600, AppPer24h: 10_000_000, TenantPer5Min: 1_000_000}
 	for _, tc := range []struct {
@@ -187,22 +189,30 @@ func TestSchedulersStayWithinOneAppLimit(t *testing.T) {
 			}
 			st := sim.Stats().Tenant
 			minutes := run.Seconds() * scale / 60
-			t.Logf("%d requests, %d RU in %.0f simulated minutes (limit %d/min), %d 429, %d violations",
+			t.Logf("%d requests, %d RU in %.1f simulated minutes (limit %d/min), %d 429, %d violations",
 				st.Requests, st.RU, minutes, limits.AppPerMinute, st.Throttled429, st.RetryAfterViolations)
+			if !tc.shared {
+				// Alone, an agent does not know of the Retry-After another
+				// one received: violations are possible, and not checked.
+				if st.Throttled429 == 0 {
+					t.Error("three agents each alone were never throttled: the control shows nothing")
+				}
+				return
+			}
 			if st.RetryAfterViolations != 0 {
 				t.Errorf("%d Retry-After violations", st.RetryAfterViolations)
 			}
-			if !tc.shared {
-				if st.Throttled429 == 0 {
-					t.Error("two agents each alone were never throttled: the control shows nothing")
-				}
+			if raceEnabled {
+				// The race detector stretches the time between taking credit
+				// and sending by more than a slot now and then: this run
+				// looks for data races; the 1 % bound is the plain run's.
 				return
 			}
 			if st.Throttled429+st.Throttled503 > st.Requests/100 {
 				t.Errorf("%d throttled of %d requests with the shared budget, want at most 1 %%", st.Throttled429+st.Throttled503, st.Requests)
 			}
 			if float64(st.RU) < 0.8*minutes*float64(limits.AppPerMinute) {
-				t.Errorf("%d RU sent in %.0f minutes: under 80 %% of the limit", st.RU, minutes)
+				t.Errorf("%d RU sent in %.1f minutes: under 80 %% of the limit", st.RU, minutes)
 			}
 		})
 	}
