@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,12 +112,8 @@ func benchScaleout(ctx context.Context, exe string, o graphsim.Options, agents i
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	ca := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(ca, sim.CACertPEM(), 0o600); err != nil {
-		return res, err
-	}
-	args := []string{"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", ca, "--log-level", "info", // startAgentProcess reads the "serving" line
-		"--listen", "127.0.0.1:0", "--sim-time-scale", strconv.FormatFloat(o.TimeScale, 'f', -1, 64),
+	args := []string{"--log-level", "info", // startAgentProcess reads the "serving" line
+		"--sim-time-scale", strconv.FormatFloat(o.TimeScale, 'f', -1, 64),
 		"--tenant-share", strconv.FormatFloat(share, 'f', -1, 64)}
 	if shared {
 		rs, err := redisserver.Start(dir)
@@ -130,11 +125,11 @@ func benchScaleout(ctx context.Context, exe string, o graphsim.Options, agents i
 	}
 	var conns []*grpc.ClientConn
 	for i := range agents {
-		p, err := startAgentProcess(exe, nil, append([]string{"serve", "--data", filepath.Join(dir, fmt.Sprintf("agent-%d", i))}, args...)...)
+		p, done, err := startSimAgent(exe, sim, args...)
 		if err != nil {
 			return res, fmt.Errorf("agent %d: %w", i, err)
 		}
-		defer p.stop()
+		defer done()
 		conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			return res, err
