@@ -281,14 +281,11 @@ func benchMemory(ctx context.Context, exe string, items int) (res memoryResult, 
 		return res, err
 	}
 	defer done()
-	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := dialSimAgent(ctx, p, sim)
 	if err != nil {
 		return res, err
 	}
 	defer conn.Close()
-	if err := addSimApps(ctx, pb.NewPoolServiceClient(conn), sim); err != nil {
-		return res, err
-	}
 	start := time.Now()
 	jobs, err := runAllSources(ctx, pb.NewJobServiceClient(conn), sim, "memory")
 	if err != nil {

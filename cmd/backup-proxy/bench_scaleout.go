@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/backup-proxy/backup-proxy/graphsim"
 	"github.com/backup-proxy/backup-proxy/internal/redisserver"
@@ -130,14 +129,11 @@ func benchScaleout(ctx context.Context, exe string, o graphsim.Options, agents i
 			return res, fmt.Errorf("agent %d: %w", i, err)
 		}
 		defer done()
-		conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := dialSimAgent(ctx, p, sim)
 		if err != nil {
 			return res, err
 		}
 		defer conn.Close()
-		if err := addSimApps(ctx, pb.NewPoolServiceClient(conn), sim); err != nil {
-			return res, err
-		}
 		conns = append(conns, conn)
 	}
 

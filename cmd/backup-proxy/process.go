@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -12,7 +13,11 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/backup-proxy/backup-proxy/graphsim"
+	pb "github.com/backup-proxy/backup-proxy/proto/backupproxy/v1"
 )
 
 // agentProcess is an agent running as a child process (benchmarks measure
@@ -110,6 +115,20 @@ func startSimAgent(exe string, sim *graphsim.Server, extra ...string) (p *agentP
 		return nil, nil, err
 	}
 	return p, func() { p.stop(); os.RemoveAll(dir) }, nil
+}
+
+// dialSimAgent connects to a plaintext agent process and adds sim's apps
+// to its pool.
+func dialSimAgent(ctx context.Context, p *agentProcess, sim *graphsim.Server) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	if err := addSimApps(ctx, pb.NewPoolServiceClient(conn), sim); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
 }
 
 // listenLoopback listens on a free loopback port.
