@@ -86,15 +86,15 @@ type loadCall struct {
 
 type loadResult struct {
 	Calls []loadCall `json:"calls"`
-	// The agent's resident memory a window before ghz started, when it
-	// started and when it ended, and its peak over the whole run; the
-	// backup runs throughout.
-	RSSStartMiB          float64 `json:"rss_start_mib"`
-	RSSBeforeMiB         float64 `json:"rss_before_mib"`
-	RSSAfterMiB          float64 `json:"rss_after_mib"`
+	// The agent's anonymous resident memory a window before ghz started,
+	// when it started and when it ended, and its peak RSS (VmHWM, all of
+	// it) over the whole run; the backup runs throughout.
+	RSSStartMiB          float64 `json:"rss_anon_start_mib"`
+	RSSBeforeMiB         float64 `json:"rss_anon_before_mib"`
+	RSSAfterMiB          float64 `json:"rss_anon_after_mib"`
 	PeakRSSMiB           float64 `json:"peak_rss_mib"`
-	GrowthWithoutLoadMiB float64 `json:"rss_growth_without_load_mib"`
-	GrowthWithLoadMiB    float64 `json:"rss_growth_with_load_mib"`
+	GrowthWithoutLoadMiB float64 `json:"rss_anon_growth_without_load_mib"`
+	GrowthWithLoadMiB    float64 `json:"rss_anon_growth_with_load_mib"`
 	// ItemsDuringLoad are the items the backup stored while ghz called.
 	ItemsDuringLoad int64 `json:"items_during_load"`
 	// What graphsim served the backup meanwhile.
@@ -141,16 +141,17 @@ func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer
 		return res, err
 	}
 	defer jobs.CancelJob(context.Background(), &pb.CancelJobRequest{JobId: req.JobId}) //nolint:errcheck // best effort at the end
-	before, err := waitForItems(ctx, jobs, req.JobId)
-	if err != nil {
+	if err := waitForItems(ctx, jobs, req.JobId); err != nil {
 		return res, err
 	}
+	// Anonymous memory only: the file-backed part is mostly the catalogue's
+	// mapped page cache, which comes and goes with its commits. The
+	// backup's own growth over a window without load is the noise the
+	// window with load is compared with.
 	rss := func() (float64, error) {
-		_, anon, file, err := p.memory()
-		return mib(anon + file), err
+		_, anon, _, err := p.memory()
+		return mib(anon), err
 	}
-	// The backup's own growth over a window without load is the noise
-	// the window with load is compared with.
 	if res.RSSStartMiB, err = rss(); err != nil {
 		return res, err
 	}
@@ -165,6 +166,10 @@ func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer
 	}
 
 	simBefore := sim.Stats().Tenant
+	atStart, err := jobs.GetJob(ctx, &pb.GetJobRequest{JobId: req.JobId})
+	if err != nil {
+		return res, err
+	}
 	fmt.Fprintf(stderr, "calling GetJob and ListJobs at %d/s each for %s while the backup runs ...\n", cfg.rps, cfg.duration)
 	calls := []struct{ method, data string }{
 		{"backupproxy.v1.JobService.GetJob", `{"job_id":"load-1"}`},
@@ -180,11 +185,11 @@ func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer
 	if err := errors.Join(errs...); err != nil {
 		return res, err
 	}
-	peak, anon, file, err := p.memory()
+	peak, anon, _, err := p.memory()
 	if err != nil {
 		return res, err
 	}
-	res.RSSAfterMiB, res.PeakRSSMiB = mib(anon+file), mib(peak)
+	res.RSSAfterMiB, res.PeakRSSMiB = mib(anon), mib(peak)
 	res.GrowthWithoutLoadMiB = round(res.RSSBeforeMiB-res.RSSStartMiB, 1)
 	res.GrowthWithLoadMiB = round(res.RSSAfterMiB-res.RSSBeforeMiB, 1)
 	got, err := jobs.GetJob(ctx, &pb.GetJobRequest{JobId: req.JobId})
@@ -192,7 +197,7 @@ func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer
 		return res, err
 	}
 	j := got.Job
-	res.ItemsDuringLoad = j.Progress.GetItemsBackedUp() - before
+	res.ItemsDuringLoad = j.Progress.GetItemsBackedUp() - atStart.Job.Progress.GetItemsBackedUp()
 	simAfter := sim.Stats().Tenant
 	res.GraphRequestsDuringLoad, res.GraphRUDuringLoad = simAfter.Requests-simBefore.Requests, simAfter.RU-simBefore.RU
 	res.JobStateAfter = j.State.String()
@@ -205,21 +210,21 @@ func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer
 func mib(b int64) float64 { return round(float64(b)/(1<<20), 1) }
 
 // waitForItems waits until the job has stored items, so that the load meets
-// a backup in full flight, and returns their number.
-func waitForItems(ctx context.Context, jobs pb.JobServiceClient, id string) (int64, error) {
+// a backup in full flight.
+func waitForItems(ctx context.Context, jobs pb.JobServiceClient, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	stream, err := jobs.WatchJob(ctx, &pb.WatchJobRequest{JobId: id})
 	if err != nil {
-		return 0, err
+		return err
 	}
 	for {
 		j, err := stream.Recv()
 		if err != nil {
-			return 0, fmt.Errorf("waiting for the backup to store items: %w", err)
+			return fmt.Errorf("waiting for the backup to store items: %w", err)
 		}
-		if n := j.Job.GetProgress().GetItemsBackedUp(); n > 0 {
-			return n, nil
+		if j.Job.GetProgress().GetItemsBackedUp() > 0 {
+			return nil
 		}
 	}
 }
