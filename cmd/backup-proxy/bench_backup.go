@@ -236,11 +236,6 @@ func runBenchMemory(ctx context.Context, args []string, stdout, stderr io.Writer
 	if code, ok := parseOnly(fs, args, stderr, "bench memory"); !ok {
 		return code
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return exitFailure
-	}
 	for _, c := range strings.Split(*counts, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(c))
 		if err != nil || n < 1 {
@@ -248,7 +243,7 @@ func runBenchMemory(ctx context.Context, args []string, stdout, stderr io.Writer
 			return exitUsage
 		}
 		fmt.Fprintf(stderr, "backing up a drive of %d items ...\n", n)
-		m, err := benchMemory(ctx, exe, n)
+		m, err := benchMemory(ctx, n)
 		if err != nil {
 			fmt.Fprintf(stderr, "backup-proxy bench memory: %v\n", err)
 			return exitFailure
@@ -267,14 +262,14 @@ type memoryResult struct {
 	peak, anon, file int64
 }
 
-func benchMemory(ctx context.Context, exe string, items int) (res memoryResult, err error) {
+func benchMemory(ctx context.Context, items int) (res memoryResult, err error) {
 	sim, err := graphsim.New(graphsim.Options{Seed: 5, Users: 1, Sites: -1, FilesPerDrive: items, Apps: 1, NoThrottle: true,
 		SizeMix: []graphsim.SizeClass{{Weight: 1, Min: 256, Max: 4 << 10}}, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}})
 	if err != nil {
 		return res, err
 	}
 	defer sim.Close()
-	p, done, err := startSimAgent(exe, sim, "--log-level", "info",
+	p, done, err := startSimAgent(sim, "--log-level", "info",
 		// graphsim does not throttle here: nor should the scheduler pace.
 		"--app-ru-per-minute", "1000000000", "--app-ru-per-day", "1000000000000", "--tenant-ru-per-5min", "1000000000")
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
@@ -45,12 +44,7 @@ func runBenchLoad(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintln(stderr, "backup-proxy bench load: --rps and --duration must be positive")
 		return exitUsage
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return exitFailure
-	}
-	res, err := benchLoad(ctx, exe, cfg, stderr)
+	res, err := benchLoad(ctx, cfg, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "backup-proxy bench load: %v\n", err)
 		return exitFailure
@@ -103,7 +97,7 @@ type loadResult struct {
 	JobStateAfter           string `json:"job_state_after"`
 }
 
-func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer) (res loadResult, err error) {
+func benchLoad(ctx context.Context, cfg loadConfig, stderr io.Writer) (res loadResult, err error) {
 	pki := func(name string) string { return filepath.Join(cfg.pki, name) }
 	// One OneDrive large enough to outlast the load: the agent paces two
 	// apps at 600 RU a minute each, a few files a second, a steady pace
@@ -114,7 +108,7 @@ func benchLoad(ctx context.Context, exe string, cfg loadConfig, stderr io.Writer
 		return res, err
 	}
 	defer sim.Close()
-	p, done, err := startSimAgent(exe, sim,
+	p, done, err := startSimAgent(sim,
 		"--tls-cert", pki("server.pem"), "--tls-key", pki("server-key.pem"), "--client-ca", pki("ca.pem"),
 		"--app-ru-per-minute", "600")
 	if err != nil {

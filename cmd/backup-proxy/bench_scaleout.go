@@ -64,11 +64,6 @@ func runBenchScaleout(ctx context.Context, args []string, stdout, stderr io.Writ
 		fmt.Fprintln(stderr, "backup-proxy bench scaleout: --agents ≥ 1, --apps ≥ 1, --time-scale ≥ 1, 0 < --tenant-share ≤ 1, 0 ≤ --production-load < 1")
 		return exitUsage
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return exitFailure
-	}
 	var results []scaleoutResult
 	for _, regime := range strings.Split(*regimes, ",") {
 		for _, budget := range strings.Split(*budgets, ",") {
@@ -82,7 +77,7 @@ func runBenchScaleout(ctx context.Context, args []string, stdout, stderr io.Writ
 				// Small files: the backup is bound by the RU budget, not by bandwidth.
 				SizeMix: []graphsim.SizeClass{{Weight: 1, Min: 512, Max: 8 << 10}}, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}}
 			fmt.Fprintf(stderr, "running %s, %s budget, %d agents ...\n", regime, budget, *agents)
-			res, err := benchScaleout(ctx, exe, o, *agents, *share, budget == "redis")
+			res, err := benchScaleout(ctx, o, *agents, *share, budget == "redis")
 			if err != nil {
 				fmt.Fprintf(stderr, "backup-proxy bench scaleout: %s/%s: %v\n", regime, budget, err)
 				return exitFailure
@@ -100,7 +95,7 @@ func runBenchScaleout(ctx context.Context, args []string, stdout, stderr io.Writ
 	return exitOK
 }
 
-func benchScaleout(ctx context.Context, exe string, o graphsim.Options, agents int, share float64, shared bool) (res scaleoutResult, err error) {
+func benchScaleout(ctx context.Context, o graphsim.Options, agents int, share float64, shared bool) (res scaleoutResult, err error) {
 	sim, err := graphsim.New(o)
 	if err != nil {
 		return res, err
@@ -124,7 +119,7 @@ func benchScaleout(ctx context.Context, exe string, o graphsim.Options, agents i
 	}
 	var conns []*grpc.ClientConn
 	for i := range agents {
-		p, done, err := startSimAgent(exe, sim, args...)
+		p, done, err := startSimAgent(sim, args...)
 		if err != nil {
 			return res, fmt.Errorf("agent %d: %w", i, err)
 		}

@@ -95,10 +95,15 @@ func (p *agentProcess) stop() {
 	p.cmd.Wait()
 }
 
-// startSimAgent runs an agent process with a fresh data directory, serving
-// on a free loopback port and reading sim's Graph and Entra; extra are more
-// `serve` flags. done stops the agent and removes its directory.
-func startSimAgent(exe string, sim *graphsim.Server, extra ...string) (p *agentProcess, done func(), err error) {
+// startSimAgent runs this executable's agent as a child process with a
+// fresh data directory, serving on a free loopback port and reading sim's
+// Graph and Entra; extra are more `serve` flags. done stops the agent and
+// removes its directory.
+func startSimAgent(sim *graphsim.Server, extra ...string) (p *agentProcess, done func(), err error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
 	dir, err := os.MkdirTemp("", "backup-proxy-agent-")
 	if err != nil {
 		return nil, nil, err
