@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -142,7 +143,7 @@ func loadKey(fsys FS, path string) ([]byte, error) {
 }
 
 // createKey writes a new random key, 0600, durably.
-func createKey(fsys FS, tmpDir, path string) ([]byte, error) {
+func createKey(fsys FS, path string) ([]byte, error) {
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		return nil, fmt.Errorf("generate key: %w", err)
@@ -150,7 +151,9 @@ func createKey(fsys FS, tmpDir, path string) ([]byte, error) {
 	if err := fsys.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("key dir: %w", err)
 	}
-	if err := writeFileAtomic(fsys, tmpDir, filepath.Dir(path), filepath.Base(path), []byte(hex.EncodeToString(key)+"\n")); err != nil {
+	// Written as an object of its own directory, its temp file beside it.
+	dir := &DirStore{fsys: fsys, root: filepath.Dir(path), tmp: filepath.Dir(path)}
+	if err := writeObject(context.Background(), dir, filepath.Base(path), []byte(hex.EncodeToString(key)+"\n")); err != nil {
 		return nil, fmt.Errorf("write key file: %w", err)
 	}
 	return key, nil

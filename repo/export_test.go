@@ -9,7 +9,7 @@ func PackFileOf(r *Repository, id ChunkID) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	return packPath(r.dir, pack), true
+	return r.store.(*DirStore).path(packKey(pack)), true
 }
 
 // IndexFileOf returns the path of an index file listing the pack of chunk id.
@@ -23,7 +23,7 @@ func IndexFileOf(r *Repository, id ChunkID) (string, bool) {
 	for name, packs := range r.idx.files {
 		for _, p := range packs {
 			if p == pack {
-				return indexPath(r.dir, name), true
+				return r.store.(*DirStore).path(indexKey(name)), true
 			}
 		}
 	}

@@ -2,11 +2,9 @@ package repo
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"syscall"
 )
 
@@ -88,88 +86,6 @@ func isTransient(err error) bool {
 		return true
 	}
 	return errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EAGAIN)
-}
-
-// atomicWriter writes one file the durable way: temp file in tmpDir →
-// write → fsync → close → rename into dir → fsync dir. Until the rename the
-// file does not exist under its name; after the dir fsync it survives a crash.
-type atomicWriter struct {
-	fsys   FS
-	tmpDir string
-	f      File
-	failed bool
-}
-
-func newAtomicWriter(fsys FS, tmpDir, pattern string) (*atomicWriter, error) {
-	f, err := fsys.CreateTemp(tmpDir, pattern)
-	if err != nil {
-		return nil, fmt.Errorf("create temp file in %s: %w", tmpDir, err)
-	}
-	return &atomicWriter{fsys: fsys, tmpDir: tmpDir, f: f}, nil
-}
-
-func (w *atomicWriter) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
-	if err != nil {
-		w.failed = true
-		return n, fmt.Errorf("write %s: %w", w.f.Name(), err)
-	}
-	return n, nil
-}
-
-// commit makes the file durable as dir/name.
-func (w *atomicWriter) commit(dir, name string) error {
-	tmp := w.f.Name()
-	if err := w.f.Sync(); err != nil {
-		w.abort()
-		return fmt.Errorf("fsync %s: %w", tmp, err)
-	}
-	if err := w.f.Close(); err != nil {
-		w.f = nil
-		_ = w.fsys.Remove(tmp)
-		return fmt.Errorf("close %s: %w", tmp, err)
-	}
-	w.f = nil
-	dst := filepath.Join(dir, name)
-	if err := w.fsys.Rename(tmp, dst); err != nil {
-		_ = w.fsys.Remove(tmp)
-		return fmt.Errorf("rename %s to %s: %w", tmp, dst, err)
-	}
-	if err := w.fsys.SyncDir(dir); err != nil {
-		// The file is in place but may not survive a crash; the caller
-		// treats it as not written (it is then an orphan at worst).
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	return nil
-}
-
-// abort removes the temp file; safe to call after commit.
-func (w *atomicWriter) abort() {
-	if w.f == nil {
-		return
-	}
-	name := w.f.Name()
-	_ = w.f.Close()
-	_ = w.fsys.Remove(name)
-	w.f = nil
-}
-
-// writeFileAtomic writes data as dir/name durably. The temp file is named
-// after dir's last element ("index-*.tmp", …).
-func writeFileAtomic(fsys FS, tmpDir, dir, name string, data []byte) error {
-	kind := filepath.Base(dir)
-	if name == configName || name == defaultKeyName {
-		kind = name
-	}
-	w, err := newAtomicWriter(fsys, tmpDir, kind+"-*.tmp")
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(data); err != nil {
-		w.abort()
-		return err
-	}
-	return w.commit(dir, name)
 }
 
 // readFile reads a whole (small) file through fsys.

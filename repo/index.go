@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math"
-	"path/filepath"
 
 	"github.com/backup-proxy/backup-proxy/repo/catalog"
 )
@@ -168,4 +167,4 @@ func (m *memIndex) livePacks() int {
 	return len(m.packSlot)
 }
 
-func indexPath(root, name string) string { return filepath.Join(root, "index", name) }
+func indexKey(name string) string { return "index/" + name }

@@ -35,7 +35,12 @@ type Options struct {
 	// stream sizes (at most ~97 MiB with 2 workers, a single stream using
 	// one scanner, plus 512 KiB per Store in progress). Default GOMAXPROCS.
 	Workers int
-	// FS is the file layer; default OSFS. Tests inject faults here.
+	// Store keeps the repository's objects (config, packs, index files,
+	// restore point manifests). Default: a DirStore of the repository
+	// directory, whose other contents (catalogue, key, temp files) are
+	// local in every case.
+	Store Store
+	// FS is the local file layer; default OSFS. Tests inject faults here.
 	FS FS
 	// Clock stamps restore points and drives retention; default time.Now.
 	Clock func() time.Time

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"path/filepath"
 )
 
 // PackID names a pack file: the SHA-256 of its stored trailer, which lists
@@ -111,36 +110,47 @@ func decodeEntries(b []byte) ([]blobEntry, []byte, error) {
 	return out, b, nil
 }
 
-// packPath is packs/<first byte hex>/<id hex>; 256 subdirectories keep
+// packKey is packs/<first byte hex>/<id hex>; 256 subdirectories keep
 // directories small.
-func packPath(root string, id PackID) string {
+func packKey(id PackID) string {
 	s := id.String()
-	return filepath.Join(root, "packs", s[:2], s)
+	return "packs/" + s[:2] + "/" + s
 }
 
 // packWriter appends blobs to a temp file and finishes it as a pack.
 type packWriter struct {
-	w       *atomicWriter
+	f       File
 	offset  int64
 	entries []blobEntry
 	id      PackID // set by finish
 	size    int64  // set by finish
 }
 
-func newPackWriter(fsys FS, tmpDir string) (*packWriter, error) {
-	w, err := newAtomicWriter(fsys, tmpDir, "pack-*.tmp")
+func newPackWriter(st Store) (*packWriter, error) {
+	f, err := st.CreateTemp("pack-*.tmp")
 	if err != nil {
 		return nil, err
 	}
-	if _, err := w.Write([]byte(packHeader)); err != nil {
-		w.abort()
+	p := &packWriter{f: f, offset: int64(len(packHeader))}
+	if err := p.write([]byte(packHeader)); err != nil {
+		p.abort()
 		return nil, err
 	}
-	return &packWriter{w: w, offset: int64(len(packHeader))}, nil
+	return p, nil
 }
 
+func (p *packWriter) write(b []byte) error {
+	if _, err := p.f.Write(b); err != nil {
+		return fmt.Errorf("write %s: %w", p.f.Name(), err)
+	}
+	return nil
+}
+
+// abort removes the unfinished pack.
+func (p *packWriter) abort() { discardTemp(p.f) }
+
 func (p *packWriter) add(id ChunkID, stored []byte, raw int, flags uint8) error {
-	if _, err := p.w.Write(stored); err != nil {
+	if err := p.write(stored); err != nil {
 		return err
 	}
 	p.entries = append(p.entries, blobEntry{id: id, offset: uint32(p.offset), length: uint32(len(stored)), raw: uint32(raw), flags: flags})
@@ -149,7 +159,7 @@ func (p *packWriter) add(id ChunkID, stored []byte, raw int, flags uint8) error 
 }
 
 // finish writes the trailer and footer and returns the pack's id and size;
-// the caller then commits the file under packPath.
+// the caller then publishes the file under packKey.
 func (p *packWriter) finish(s *sealer) (PackID, int64, error) {
 	plain := make([]byte, 16, 16+len(p.entries)*48)
 	if _, err := rand.Read(plain); err != nil {
@@ -162,7 +172,7 @@ func (p *packWriter) finish(s *sealer) (PackID, int64, error) {
 	}
 	footer := binary.LittleEndian.AppendUint32(nil, uint32(len(trailer)))
 	footer = append(footer, packFooterTag...)
-	if _, err := p.w.Write(append(trailer, footer...)); err != nil {
+	if err := p.write(append(trailer, footer...)); err != nil {
 		return PackID{}, 0, err
 	}
 	p.id, p.size = sha256.Sum256(trailer), p.offset+int64(len(trailer))+packFooterSize

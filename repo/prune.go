@@ -2,10 +2,7 @@ package repo
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
-	"path/filepath"
 	"sort"
 
 	"go.uber.org/zap"
@@ -103,20 +100,26 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport,
 
 	// The index as it is on disk. A damaged index file could hide live
 	// packs, which would then look like orphans: refuse.
-	names, err := r.fsys.ReadDir(filepath.Join(r.dir, "index"))
+	names, err := r.listIndex(ctx)
 	if err != nil {
-		return rep, fmt.Errorf("prune: list index: %w", err)
+		return rep, fmt.Errorf("prune: %w", err)
 	}
 	var files []indexFile
-	for _, e := range names {
-		ips, err := r.readIndexFile(e.Name())
+	for _, name := range names {
+		ips, err := r.readIndexFile(name)
 		if err != nil {
-			return rep, fmt.Errorf("prune: index file %s unusable, run verify: %w", e.Name(), err)
+			return rep, fmt.Errorf("prune: index file %s unusable, run verify: %w", name, err)
 		}
-		files = append(files, indexFile{name: e.Name(), packs: ips})
+		files = append(files, indexFile{name: name, packs: ips})
 	}
 
-	plan, err := r.planPrune(gc.Chunks, files, opts)
+	// Packs in the store, listed before the plan takes the lock: a pack a
+	// writer publishes meanwhile is in r.inflight from before its publication.
+	stored, err := r.listPacks(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("prune: %w", err)
+	}
+	plan, err := r.planPrune(gc.Chunks, files, stored, opts)
 	if err != nil {
 		return rep, err
 	}
@@ -174,14 +177,13 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport,
 	r.mu.Unlock()
 	merged = append(merged, newPacks...)
 	sort.Slice(merged, func(i, j int) bool { return string(merged[i].id[:]) < string(merged[j].id[:]) })
-	indexDir := filepath.Join(r.dir, "index")
 	var mergedName string
 	if len(merged) > 0 {
 		data, name, err := encodeIndex(r.seal, merged)
 		if err != nil {
 			return rep, fmt.Errorf("prune: encode index: %w", err)
 		}
-		if err := writeFileAtomic(r.fsys, r.tmpDir(), indexDir, name, data); err != nil {
+		if err := writeObject(ctx, r.store, indexKey(name), data); err != nil {
 			return rep, fmt.Errorf("prune: write index: %w", err)
 		}
 		mergedName = name
@@ -206,34 +208,33 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport,
 		r.idx.files[mergedName] = ids
 	}
 	r.mu.Unlock()
+	var oldKeys []string
 	for _, name := range oldIndex {
-		if name == mergedName {
-			continue
+		if name != mergedName {
+			oldKeys = append(oldKeys, indexKey(name))
 		}
-		if err := r.fsys.Remove(indexPath(r.dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return rep, fmt.Errorf("prune: remove index %s: %w", name, err)
-		}
-		rep.IndexFilesRemoved++
 	}
-	// The removals must be durable before the packs they listed go.
-	if err := r.fsys.SyncDir(indexDir); err != nil {
-		return rep, fmt.Errorf("prune: fsync index dir: %w", err)
+	// The removals are durable when Remove returns, before the packs the
+	// files listed go.
+	if err := r.store.Remove(ctx, oldKeys...); err != nil {
+		return rep, fmt.Errorf("prune: remove old index files: %w", err)
 	}
+	rep.IndexFilesRemoved = len(oldKeys)
 
 	r.mu.Lock()
 	for id := range gone {
 		r.idx.removePack(id)
 	}
 	r.mu.Unlock()
+	doomed := make([]string, 0, len(gone)+len(plan.orphans))
 	for id := range gone {
-		if err := r.fsys.Remove(packPath(r.dir, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return rep, fmt.Errorf("prune: remove pack %s: %w", id, err)
-		}
+		doomed = append(doomed, packKey(id))
 	}
 	for _, o := range plan.orphans {
-		if err := r.fsys.Remove(o.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return rep, fmt.Errorf("prune: remove orphan pack %s: %w", o.path, err)
-		}
+		doomed = append(doomed, o.key)
+	}
+	if err := r.store.Remove(ctx, doomed...); err != nil {
+		return rep, fmt.Errorf("prune: remove packs: %w", err)
 	}
 	r.log.Info("prune done", zap.Int64("chunks_removed", rep.ChunksRemoved), zap.Int("packs_deleted", rep.PacksDeleted),
 		zap.Int("packs_rewritten", rep.PacksRewritten), zap.Int64("bytes_freed", rep.BytesFreed))
@@ -241,7 +242,7 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport,
 }
 
 type orphanPack struct {
-	path string
+	key  string
 	size int64
 }
 
@@ -262,7 +263,7 @@ type prunePlan struct {
 // planPrune decides, under the repository lock, what is dead, and (unless
 // dry-running) removes dead chunks from the in-memory index at once, so no
 // session can deduplicate against a chunk that is about to go.
-func (r *Repository) planPrune(referenced map[catalog.ChunkID]struct{}, files []indexFile, opts PruneOptions) (prunePlan, error) {
+func (r *Repository) planPrune(referenced map[catalog.ChunkID]struct{}, files []indexFile, stored map[PackID]ObjectInfo, opts PruneOptions) (prunePlan, error) {
 	plan := prunePlan{diskPacks: map[PackID]indexedPack{}}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -320,24 +321,17 @@ func (r *Repository) planPrune(referenced map[catalog.ChunkID]struct{}, files []
 			listed[ip.id] = true
 		}
 	}
-	err := r.walkPackFiles(func(id PackID, path string) {
+	for id, oi := range stored {
 		if listed[id] { // by an index file, ours or a writer's
-			return
+			continue
 		}
 		if _, ok := r.idx.packSlot[id]; ok {
-			return // indexed by a file written after we listed
+			continue // indexed by a file written after we listed
 		}
 		if _, ok := r.inflight[id]; ok {
-			return // a writer is finishing it
+			continue // a writer is finishing it
 		}
-		var size int64
-		if fi, err := r.fsys.Stat(path); err == nil {
-			size = fi.Size()
-		}
-		plan.orphans = append(plan.orphans, orphanPack{path: path, size: size})
-	})
-	if err != nil {
-		return plan, fmt.Errorf("prune: %w", err)
+		plan.orphans = append(plan.orphans, orphanPack{key: oi.Key, size: oi.Size})
 	}
 	if !opts.DryRun {
 		for _, id := range dead {
@@ -374,7 +368,7 @@ func (r *Repository) repack(ctx context.Context, ids []PackID, diskPacks map[Pac
 		if err := ctx.Err(); err != nil {
 			return out, err
 		}
-		f, err := r.fsys.Open(packPath(r.dir, id))
+		f, err := r.store.Open(ctx, packKey(id))
 		if err != nil {
 			return out, fmt.Errorf("open pack %s: %w", id, err)
 		}
@@ -404,14 +398,14 @@ func (r *Repository) repack(ctx context.Context, ids []PackID, diskPacks map[Pac
 				return out, fmt.Errorf("chunk %s of pack %s: %w", e.id, id, err)
 			}
 			if pw == nil {
-				if pw, err = newPackWriter(r.fsys, r.tmpDir()); err != nil {
+				if pw, err = newPackWriter(r.store); err != nil {
 					f.Close()
 					return out, err
 				}
 			}
 			if err := pw.add(e.id, stored, int(e.raw), e.flags); err != nil {
 				f.Close()
-				pw.w.abort()
+				pw.abort()
 				return out, err
 			}
 			if pw.offset >= r.opts.PackSize {

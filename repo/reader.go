@@ -206,7 +206,7 @@ func (ir *ItemReader) Close() error {
 // packFile caches the open pack a reader reads from.
 type packFile struct {
 	id PackID
-	f  File
+	f  Object
 }
 
 func (p *packFile) close() {
@@ -237,7 +237,7 @@ func (r *Repository) readChunk(id ChunkID, pf *packFile, stbuf, dst *[]byte) ([]
 		if pf.f == nil || pf.id != pack {
 			pf.close()
 			err := retryTransient(func() error {
-				f, err := r.fsys.Open(packPath(r.dir, pack))
+				f, err := r.store.Open(context.Background(), packKey(pack))
 				if err == nil {
 					pf.f, pf.id = f, pack
 				}

@@ -40,12 +40,13 @@ type (
 // Repository is an open backup repository. It is safe for concurrent use by
 // several writer sessions, readers, Verify and Prune.
 type Repository struct {
-	dir  string
-	opts Options
-	fsys FS
-	log  *zap.Logger
-	cfg  config
-	seal *sealer
+	dir   string // local: the catalogue, and everything else unless Options.Store
+	opts  Options
+	fsys  FS // local files: the key, temp files
+	store Store
+	log   *zap.Logger
+	cfg   config
+	seal  *sealer
 	// chunkerKey derives the chunker's Gear table (config, sealed).
 	chunkerKey []byte
 	cat        *catalog.Catalog
@@ -107,8 +108,12 @@ func Open(dir string, opts Options) (*Repository, error) {
 	if opts.KeyFile == "" {
 		opts.KeyFile = filepath.Join(dir, defaultKeyName)
 	}
+	st := opts.Store
+	if st == nil {
+		st = NewDirStore(dir, opts.FS)
+	}
 	r := &Repository{
-		dir: dir, opts: opts, fsys: opts.FS, log: opts.Logger.Named("repo"),
+		dir: dir, opts: opts, fsys: opts.FS, store: st, log: opts.Logger.Named("repo"),
 		idx: newMemIndex(), sessions: map[*Session]struct{}{}, inflight: map[PackID]struct{}{},
 		slots: make(chan *slotBufs, opts.Workers+2), scanners: make(chan *scanner, opts.Workers),
 	}
@@ -118,7 +123,8 @@ func Open(dir string, opts Options) (*Repository, error) {
 	for i := 0; i < cap(r.scanners); i++ {
 		r.scanners <- &scanner{} // chunkers are created on first use
 	}
-	raw, err := readFile(r.fsys, filepath.Join(dir, configName))
+	ctx := context.Background()
+	raw, err := readObject(ctx, st, configName)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && opts.Create && !opts.ReadOnly:
 		if err := r.initialise(); err != nil {
@@ -171,17 +177,10 @@ func Open(dir string, opts Options) (*Repository, error) {
 
 func (r *Repository) initialise() error {
 	o := r.opts
-	for _, d := range []string{"index", "tmp"} {
-		if err := r.fsys.MkdirAll(filepath.Join(r.dir, d), 0o700); err != nil {
-			return err
-		}
+	if err := r.fsys.MkdirAll(r.store.TempDir(), 0o700); err != nil {
+		return err
 	}
-	for i := 0; i < 256; i++ {
-		if err := r.fsys.MkdirAll(filepath.Join(r.dir, "packs", fmt.Sprintf("%02x", i)), 0o700); err != nil {
-			return err
-		}
-	}
-	for _, d := range []string{filepath.Join(r.dir, "packs"), r.dir, filepath.Dir(r.dir)} {
+	for _, d := range []string{r.dir, filepath.Dir(r.dir)} {
 		if err := r.fsys.SyncDir(d); err != nil {
 			return fmt.Errorf("fsync %s: %w", d, err)
 		}
@@ -206,7 +205,7 @@ func (r *Repository) initialise() error {
 		// was written protects nothing yet: reuse it.
 		key, err = loadKey(r.fsys, o.KeyFile)
 		if errors.Is(err, ErrNotFound) {
-			key, err = createKey(r.fsys, filepath.Join(r.dir, "tmp"), o.KeyFile)
+			key, err = createKey(r.fsys, o.KeyFile)
 		}
 		if err != nil {
 			return err
@@ -225,7 +224,7 @@ func (r *Repository) initialise() error {
 	}
 	raw, _ := json.MarshalIndent(r.cfg, "", "  ")
 	// The config goes last: its presence is what makes the directory a repository.
-	return writeFileAtomic(r.fsys, filepath.Join(r.dir, "tmp"), r.dir, configName, raw)
+	return writeObject(context.Background(), r.store, configName, raw)
 }
 
 func (r *Repository) setupCodecs() error {
@@ -249,16 +248,18 @@ func (r *Repository) setupCodecs() error {
 	return nil
 }
 
-func (r *Repository) tmpDir() string { return filepath.Join(r.dir, "tmp") }
-
 func (r *Repository) cleanTemp() {
-	entries, err := r.fsys.ReadDir(r.tmpDir())
+	tmp := r.store.TempDir()
+	entries, err := r.fsys.ReadDir(tmp)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
 	if err != nil {
 		r.log.Warn("list temp dir", zap.Error(err))
 		return
 	}
 	for _, e := range entries {
-		if err := r.fsys.Remove(filepath.Join(r.tmpDir(), e.Name())); err != nil {
+		if err := r.fsys.Remove(filepath.Join(tmp, e.Name())); err != nil {
 			r.log.Warn("remove temp file", zap.String("file", e.Name()), zap.Error(err))
 		}
 	}
@@ -274,18 +275,17 @@ type indexProblem struct {
 // index files are skipped (Verify reports them; their chunks then count as
 // missing) rather than making the repository unusable.
 func (r *Repository) loadIndex(ctx context.Context) ([]indexProblem, error) {
-	entries, err := r.fsys.ReadDir(filepath.Join(r.dir, "index"))
+	names, err := r.listIndex(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list index: %w", err)
+		return nil, err
 	}
 	idx := newMemIndex()
 	var problems []indexProblem
 	all := map[PackID]indexedPack{}
-	for _, e := range entries {
+	for _, name := range names {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		name := e.Name()
 		packs, err := r.readIndexFile(name)
 		if err != nil {
 			problems = append(problems, indexProblem{name, err})
@@ -328,8 +328,8 @@ func (r *Repository) compactIndex(all map[PackID]indexedPack) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Join(r.dir, "index")
-	if err := writeFileAtomic(r.fsys, r.tmpDir(), dir, name, data); err != nil {
+	ctx := context.Background()
+	if err := writeObject(ctx, r.store, indexKey(name), data); err != nil {
 		return err
 	}
 	ids := make([]PackID, len(packs))
@@ -338,23 +338,35 @@ func (r *Repository) compactIndex(all map[PackID]indexedPack) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for old := range r.idx.files {
-		if old == name {
-			continue
+	var old []string
+	for f := range r.idx.files {
+		if f != name {
+			old = append(old, indexKey(f))
+			delete(r.idx.files, f)
 		}
-		if err := r.fsys.Remove(indexPath(r.dir, old)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		delete(r.idx.files, old)
 	}
 	r.idx.files[name] = ids
-	return r.fsys.SyncDir(dir)
+	return r.store.Remove(ctx, old...)
+}
+
+// listIndex returns the names of the index files in the store.
+func (r *Repository) listIndex(ctx context.Context) ([]string, error) {
+	var names []string
+	err := r.store.List(ctx, "index/", func(o ObjectInfo) error {
+		names = append(names, strings.TrimPrefix(o.Key, "index/"))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list index: %w", err)
+	}
+	sort.Strings(names)
+	return names, nil
 }
 
 func (r *Repository) readIndexFile(name string) ([]indexedPack, error) {
 	var packs []indexedPack
 	err := retryTransient(func() error {
-		data, err := readFile(r.fsys, indexPath(r.dir, name))
+		data, err := readObject(context.Background(), r.store, indexKey(name))
 		if err != nil {
 			return err
 		}
@@ -437,8 +449,8 @@ func (r *Repository) Stats(ctx context.Context) (Stats, error) {
 		if err := ctx.Err(); err != nil {
 			return Stats{}, err
 		}
-		if fi, err := r.fsys.Stat(indexPath(r.dir, name)); err == nil {
-			st.BytesOnDisk += fi.Size()
+		if oi, err := r.store.Stat(ctx, indexKey(name)); err == nil {
+			st.BytesOnDisk += oi.Size
 		}
 	}
 	n, err := r.cat.Size()

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 
@@ -366,14 +365,14 @@ func (s *Session) addBlob(id ChunkID, stored []byte, raw int, flags uint8) (*pac
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
 	if s.pw == nil {
-		pw, err := newPackWriter(s.r.fsys, s.r.tmpDir())
+		pw, err := newPackWriter(s.r.store)
 		if err != nil {
 			return nil, fmt.Errorf("new pack: %w", err)
 		}
 		s.pw = pw
 	}
 	if err := s.pw.add(id, stored, raw, flags); err != nil {
-		s.pw.w.abort()
+		s.pw.abort()
 		s.pw = nil
 		return nil, fmt.Errorf("append to pack: %w", err)
 	}
@@ -391,12 +390,12 @@ func (s *Session) addBlob(id ChunkID, stored []byte, raw int, flags uint8) (*pac
 // its chunks move from pending to the pack's slot as the pack is indexed.
 func (r *Repository) finishPack(pw *packWriter, owner *protection) error {
 	if len(pw.entries) == 0 {
-		pw.w.abort()
+		pw.abort()
 		return nil
 	}
 	id, size, err := pw.finish(r.seal)
 	if err != nil {
-		pw.w.abort()
+		pw.abort()
 		return fmt.Errorf("finish pack: %w", err)
 	}
 	r.mu.Lock()
@@ -407,7 +406,8 @@ func (r *Repository) finishPack(pw *packWriter, owner *protection) error {
 		delete(r.inflight, id)
 		r.mu.Unlock()
 	}()
-	if err := pw.w.commit(filepath.Dir(packPath(r.dir, id)), id.String()); err != nil {
+	ctx := context.Background() // a pack under way is finished even if its job is cancelled
+	if err := r.store.Publish(ctx, pw.f, packKey(id)); err != nil {
 		return fmt.Errorf("commit pack %s: %w", id, err)
 	}
 	ip := indexedPack{id: id, size: size, entries: pw.entries}
@@ -415,7 +415,7 @@ func (r *Repository) finishPack(pw *packWriter, owner *protection) error {
 	if err != nil {
 		return fmt.Errorf("index pack %s: %w", id, err)
 	}
-	if err := writeFileAtomic(r.fsys, r.tmpDir(), filepath.Join(r.dir, "index"), name, data); err != nil {
+	if err := writeObject(ctx, r.store, indexKey(name), data); err != nil {
 		return fmt.Errorf("index pack %s: %w", id, err)
 	}
 	r.mu.Lock()
@@ -583,7 +583,7 @@ func (s *Session) Abort() error {
 func (s *Session) abortLocked() error {
 	s.pmu.Lock()
 	if s.pw != nil {
-		s.pw.w.abort()
+		s.pw.abort()
 		s.pw = nil
 	}
 	s.pmu.Unlock()

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"path/filepath"
+	"path"
 	"sort"
 	"sync"
 
@@ -150,10 +150,10 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (VerifyRepo
 		}
 		if kind, detail := r.checkPackStructure(vp); kind != "" {
 			vp.bad = kind
-			problem(Problem{Kind: kind, File: relPack(id), Detail: detail})
+			problem(Problem{Kind: kind, File: packKey(id), Detail: detail})
 		}
 	}
-	if n, err := r.countOrphans(packs); err == nil {
+	if n, err := r.countOrphans(ctx, packs); err == nil {
 		rep.OrphanPacks = n
 	} else {
 		problem(Problem{Kind: ProblemUnreadable, File: "packs", Detail: err.Error()})
@@ -232,7 +232,7 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (VerifyRepo
 		for _, vp := range fresh {
 			if kind, detail := r.checkPackStructure(vp); kind != "" {
 				vp.bad = kind
-				problem(Problem{Kind: kind, File: relPack(vp.id), Detail: detail})
+				problem(Problem{Kind: kind, File: packKey(vp.id), Detail: detail})
 			}
 		}
 		reported := map[ChunkID]bool{}
@@ -259,22 +259,22 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (VerifyRepo
 // packs they introduced.
 func (r *Repository) verifyLoadIndex(ctx context.Context, loaded map[string]bool, packs map[PackID]*vpack,
 	chunkPack map[ChunkID]*vpack, rep *VerifyReport, problem func(Problem)) ([]*vpack, error) {
-	names, err := r.fsys.ReadDir(filepath.Join(r.dir, "index"))
+	names, err := r.listIndex(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list index: %w", err)
+		return nil, err
 	}
 	var fresh []*vpack
-	for _, e := range names {
+	for _, name := range names {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if loaded[e.Name()] {
+		if loaded[name] {
 			continue
 		}
-		loaded[e.Name()] = true
+		loaded[name] = true
 		rep.IndexFiles++
-		rel := filepath.Join("index", e.Name())
-		ips, err := r.readIndexFile(e.Name())
+		rel := indexKey(name)
+		ips, err := r.readIndexFile(name)
 		if err != nil {
 			problem(Problem{Kind: classify(err, ProblemIndexDamaged), File: rel, Detail: err.Error()})
 			continue
@@ -300,11 +300,6 @@ func (r *Repository) verifyLoadIndex(ctx context.Context, loaded map[string]bool
 	return fresh, nil
 }
 
-func relPack(id PackID) string {
-	s := id.String()
-	return filepath.Join("packs", s[:2], s)
-}
-
 // classify maps a read/check error to corruption or unreadability.
 func classify(err error, corrupt ProblemKind) ProblemKind {
 	if errors.Is(err, ErrCorrupt) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
@@ -314,11 +309,11 @@ func classify(err error, corrupt ProblemKind) ProblemKind {
 }
 
 func (r *Repository) checkPackStructure(vp *vpack) (ProblemKind, string) {
-	path := packPath(r.dir, vp.id)
-	var fi fs.FileInfo
+	key := packKey(vp.id)
+	var oi ObjectInfo
 	err := retryTransient(func() error {
 		var err error
-		fi, err = r.fsys.Stat(path)
+		oi, err = r.store.Stat(context.Background(), key)
 		return err
 	})
 	if errors.Is(err, fs.ErrNotExist) {
@@ -331,15 +326,15 @@ func (r *Repository) checkPackStructure(vp *vpack) (ProblemKind, string) {
 	for _, e := range vp.entries {
 		maxEnd = max(maxEnd, int64(e.offset)+int64(e.length))
 	}
-	if fi.Size() < vp.size || fi.Size() < maxEnd+packFooterSize {
-		return ProblemPackTruncated, fmt.Sprintf("%d bytes, index says %d", fi.Size(), vp.size)
+	if oi.Size < vp.size || oi.Size < maxEnd+packFooterSize {
+		return ProblemPackTruncated, fmt.Sprintf("%d bytes, index says %d", oi.Size, vp.size)
 	}
-	if fi.Size() != vp.size {
-		return ProblemPackDamaged, fmt.Sprintf("%d bytes, index says %d", fi.Size(), vp.size)
+	if oi.Size != vp.size {
+		return ProblemPackDamaged, fmt.Sprintf("%d bytes, index says %d", oi.Size, vp.size)
 	}
 	var entries []blobEntry
 	err = retryTransient(func() error {
-		f, err := r.fsys.Open(path)
+		f, err := r.store.Open(context.Background(), key)
 		if err != nil {
 			return err
 		}
@@ -372,38 +367,34 @@ func indexedInTrailer(trailer, indexed []blobEntry) bool {
 	return true
 }
 
-func (r *Repository) countOrphans(indexed map[PackID]*vpack) (int, error) {
+func (r *Repository) countOrphans(ctx context.Context, indexed map[PackID]*vpack) (int, error) {
+	stored, err := r.listPacks(ctx)
+	if err != nil {
+		return 0, err
+	}
 	n := 0
-	err := r.walkPackFiles(func(id PackID, _ string) {
+	for id := range stored {
 		if _, ok := indexed[id]; !ok {
 			n++
 		}
-	})
-	return n, err
+	}
+	return n, nil
 }
 
-// walkPackFiles calls fn for every pack file on disk.
-func (r *Repository) walkPackFiles(fn func(id PackID, path string)) error {
-	root := filepath.Join(r.dir, "packs")
-	subs, err := r.fsys.ReadDir(root)
+// listPacks lists the packs in the store.
+func (r *Repository) listPacks(ctx context.Context) (map[PackID]ObjectInfo, error) {
+	out := map[PackID]ObjectInfo{}
+	err := r.store.List(ctx, "packs/", func(o ObjectInfo) error {
+		name := path.Base(o.Key)
+		if id, ok := parsePackID(name); ok && isPackName(name) && o.Key == packKey(id) {
+			out[id] = o
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("list packs: %w", err)
+		return nil, fmt.Errorf("list packs: %w", err)
 	}
-	for _, sub := range subs {
-		if !sub.IsDir() {
-			continue
-		}
-		files, err := r.fsys.ReadDir(filepath.Join(root, sub.Name()))
-		if err != nil {
-			return fmt.Errorf("list packs/%s: %w", sub.Name(), err)
-		}
-		for _, f := range files {
-			if id, ok := parsePackID(f.Name()); ok && isPackName(f.Name()) {
-				fn(id, filepath.Join(root, sub.Name(), f.Name()))
-			}
-		}
-	}
-	return nil
+	return out, nil
 }
 
 // verifyData reads every chunk of every structurally sound pack, with one
@@ -451,11 +442,11 @@ func (r *Repository) verifyData(ctx context.Context, ids []PackID, packs map[Pac
 }
 
 func (r *Repository) verifyPackData(ctx context.Context, vp *vpack, stbuf, dst *[]byte) ([]Problem, int64, int64) {
-	rel := relPack(vp.id)
-	var f File
+	rel := packKey(vp.id)
+	var f Object
 	err := retryTransient(func() error {
 		var err error
-		f, err = r.fsys.Open(packPath(r.dir, vp.id))
+		f, err = r.store.Open(ctx, packKey(vp.id))
 		return err
 	})
 	if err != nil {
