@@ -70,6 +70,8 @@ func toStatus(err error) error {
 		return status.Error(codes.DataLoss, err.Error())
 	case errors.Is(err, repo.ErrClosed):
 		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, repo.ErrBusy), errors.Is(err, repo.ErrInUse):
+		return status.Error(codes.Aborted, err.Error())
 	case errors.Is(err, pool.ErrAlreadyExists), errors.Is(err, jobs.ErrConflict):
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, jobs.ErrBadPageToken):

@@ -32,6 +32,15 @@ func NewDirStore(root string, fsys FS) *DirStore {
 	return &DirStore{fsys: fsys, root: root, tmp: filepath.Join(root, "tmp")}
 }
 
+// WithTempDir returns the store with its temp files in dir, which must be
+// on the same file system as the store. Agents sharing a directory store
+// each need their own: Open empties the temp directory.
+func (d *DirStore) WithTempDir(dir string) *DirStore {
+	c := *d
+	c.tmp = dir
+	return &c
+}
+
 func (d *DirStore) path(key string) string { return filepath.Join(d.root, filepath.FromSlash(key)) }
 
 // TempDir implements Store.

@@ -20,26 +20,37 @@
 //     already-compressed data costs no full compression attempt) and
 //     sealed with AES-256-GCM (random nonce, chunk id as associated data)
 //     under a 32-byte key in a 0600 key file; encryption is on by default.
-//   - Every file is written temp → fsync → rename → fsync dir, and the
-//     commit order is pack → index file → restore point (one catalogue
-//     transaction, deltaLinks included). A crash at any instant leaves a
+//   - Every object is published whole or not at all (DirStore: temp →
+//     fsync → rename → fsync dir; S3Store: one PUT), and the commit order
+//     is pack → index file → restore point (one catalogue transaction,
+//     deltaLinks included) → its manifest. A crash at any instant leaves a
 //     valid repository: an unfinished pack is a temp file (removed at Open),
 //     a pack without index file is an orphan (removed by Prune), staged
 //     catalogue rows without a restore point record are invisible (removed
-//     by Prune). A rerun deduplicates against every pack that was indexed.
+//     by Prune), a restore point without manifest is dropped by the next
+//     Sync. A rerun deduplicates against every pack that was indexed.
+//   - Every restore point is also a manifest object of the store (see
+//     manifest.go), so the catalogue is a local index that Sync rebuilds.
 //   - Verify detects any flipped bit: index files are named by their hash,
 //     pack trailers by theirs, and every chunk authenticates and hashes to
 //     its id. Transient read errors are retried, never reported as corruption.
 //   - Many small files do not become many files: packs are tens of MiB.
 //
-// # On-disk layout
+// # Layout
 //
-//	<dir>/config               JSON: version (2), id, encryption, chunker parameters, sealed chunker key
+// Objects of the store (Options.Store; by default the directory itself):
+//
+//	config                     JSON: version (2), id, encryption, chunker parameters, sealed chunker key
+//	packs/<xx>/<id>            pack files; id = SHA-256 of the pack's stored trailer
+//	index/<id>                 index files; id = SHA-256 of the file
+//	restorepoints/<name>       restore point manifests; name = "rp-" ‖ time ‖ random
+//	forgotten/<name>           markers of forgotten restore points whose manifests are still needed
+//
+// Local files, in the directory given to Open:
+//
 //	<dir>/key                  hex AES-256 key, mode 0600 (Options.KeyFile may put it elsewhere)
-//	<dir>/packs/<xx>/<id>      pack files; id = SHA-256 of the pack's stored trailer
-//	<dir>/index/<id>           index files; id = SHA-256 of the file
 //	<dir>/catalog.db           bbolt catalogue (restore points, item versions, deltaLinks)
-//	<dir>/tmp/                 temp files of writes in progress
+//	<dir>/tmp/                 temp files of writes in progress (the store's TempDir)
 //
 // A pack is "BPPACK\x00\x01" ‖ blobs ‖ sealed trailer (chunk id, offset,
 // length, raw length, flags per blob) ‖ trailer length ‖ "BPPT". An index
@@ -50,8 +61,11 @@
 //
 // A Repository serves any number of writer Sessions (one per job; each may
 // Store from several goroutines), readers, Verify and Prune at once, in one
-// process; a second process is kept out by the catalogue's file lock
-// (ErrLocked; ReadOnly opens share it with other readers only). Sessions
+// process; a second process is kept out of its directory by the
+// catalogue's file lock (ErrLocked; ReadOnly opens share it with other
+// readers only). Several agents, each with its own directory, may share
+// one store: see shared.go for how leases (Options.Leases, Redis for
+// agents on several machines) keep their writers and prunes apart. Sessions
 // write their own packs; chunk encoding is bounded by Options.Workers+2
 // buffer slots and chunking of streams over 512 KiB by Options.Workers
 // scanners, shared by all sessions, which also bounds write memory. Within
@@ -65,9 +79,10 @@
 // # Use
 //
 //	r, err := repo.Open(dir, repo.Options{Create: true, Logger: log})
+//	lease, err := r.AcquireSource(ctx, tenant, source)             // waits for other writers; syncs; lease.Release() at the end
 //	latest, err := r.LatestRestorePoint(ctx, tenant, source)       // ErrNotFound: full job
 //	link, _, err := r.DeltaLink(ctx, tenant, source, drive)        // ErrNotFound: crawl the drive in full
-//	s, err := r.NewSession(ctx, repo.SessionOptions{Tenant: tenant, Source: source, Base: latest.ID})
+//	s, err := r.NewSession(ctx, repo.SessionOptions{Tenant: tenant, Source: source, Base: latest.ID, Lease: lease})
 //	old, ok, err := s.LookupVersion(ctx, d, id, cTag, quickXorHash) // ok: s.PutItem(ctx, old with new path), no download
 //	item, err := s.StoreItem(ctx, repo.Item{DriveID: d, ItemID: id, Path: p, ...}, body)
 //	err = s.DeleteItem(ctx, d, goneID)

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/backup-proxy/backup-proxy/lease"
 )
 
 // Options configure Open. The zero value opens an existing repository with
@@ -40,6 +42,14 @@ type Options struct {
 	// directory, whose other contents (catalogue, key, temp files) are
 	// local in every case.
 	Store Store
+	// Leases keep agents that share a store from writing one source at
+	// once and from pruning while others write (see AcquireSource).
+	// Default: in-process leases, enough for one agent.
+	Leases lease.Manager
+	// LeaseTTL is how long a lease outlives its holder's last renewal
+	// (renewed every third of it): after an agent dies, its sources wait
+	// this long. Default 1 minute.
+	LeaseTTL time.Duration
 	// FS is the local file layer; default OSFS. Tests inject faults here.
 	FS FS
 	// Clock stamps restore points and drives retention; default time.Now.
@@ -81,6 +91,13 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
+	}
+	if o.Leases == nil {
+		// Real time, not Clock: tests move Clock by days.
+		o.Leases = lease.NewLocal("repo", time.Now)
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = defaultLeaseTTL
 	}
 	return o
 }

@@ -2,11 +2,13 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 
 	"go.uber.org/zap"
 
+	"github.com/backup-proxy/backup-proxy/lease"
 	"github.com/backup-proxy/backup-proxy/repo/catalog"
 )
 
@@ -21,7 +23,47 @@ func (r *Repository) Forget(ctx context.Context, p ForgetPolicy) ([]RestorePoint
 	if r.opts.ReadOnly && !p.DryRun {
 		return nil, ErrReadOnly
 	}
-	return r.cat.Forget(ctx, p)
+	if p.DryRun {
+		return r.cat.Forget(ctx, p)
+	}
+	// Source by source, each under its lease: a source another agent is
+	// writing is left for later (its new restore point would be based on
+	// one forgotten here).
+	candidates, err := r.cat.Forget(ctx, catalog.ForgetPolicy{Tenant: p.Tenant, Source: p.Source,
+		KeepLast: p.KeepLast, KeepWithin: p.KeepWithin, DryRun: true})
+	if err != nil {
+		return nil, err
+	}
+	type src struct{ tenant, source string }
+	seen := map[src]bool{}
+	var gone []RestorePoint
+	for _, c := range candidates {
+		s := src{c.Tenant, c.Source}
+		if seen[s] {
+			continue
+		}
+		seen[s] = true
+		l, err := r.opts.Leases.Acquire(ctx, sourceLeaseName(s.tenant, s.source), r.opts.LeaseTTL)
+		if errors.Is(err, lease.ErrHeld) {
+			r.log.Info("forget skips a source being written", zap.String("tenant", s.tenant), zap.String("source", s.source))
+			continue
+		}
+		if err != nil {
+			return gone, fmt.Errorf("forget: lease of %s/%s: %w", s.tenant, s.source, err)
+		}
+		sp := p
+		sp.Tenant, sp.Source = s.tenant, s.source
+		g, err := r.cat.Forget(ctx, sp)
+		if err == nil {
+			err = r.markForgotten(ctx, g)
+		}
+		_ = l.Release(context.WithoutCancel(ctx))
+		gone = append(gone, g...)
+		if err != nil {
+			return gone, err
+		}
+	}
+	return gone, nil
 }
 
 // ForgetRestorePoint removes one restore point; ErrInUse if a running job
@@ -33,7 +75,23 @@ func (r *Repository) ForgetRestorePoint(ctx context.Context, id RestorePointID) 
 	if r.opts.ReadOnly {
 		return ErrReadOnly
 	}
-	return r.cat.ForgetRestorePoint(ctx, id)
+	rp, err := r.cat.RestorePoint(ctx, id)
+	if err != nil {
+		return err
+	}
+	l, err := r.opts.Leases.Acquire(ctx, sourceLeaseName(rp.Tenant, rp.Source), r.opts.LeaseTTL)
+	if err != nil {
+		if errors.Is(err, lease.ErrHeld) {
+			// A job of this process or another agent is writing the source.
+			return fmt.Errorf("forget %s: %v: %w", id, err, ErrInUse)
+		}
+		return fmt.Errorf("forget %s: %w", id, err)
+	}
+	defer func() { _ = l.Release(context.WithoutCancel(ctx)) }()
+	if err := r.cat.ForgetRestorePoint(ctx, id); err != nil {
+		return err
+	}
+	return r.markForgotten(ctx, []RestorePoint{rp})
 }
 
 // PruneOptions configure Prune.
@@ -55,6 +113,7 @@ type PruneReport struct {
 	PacksWritten       int // new packs holding copied chunks
 	OrphanPacksDeleted int // packs no index listed
 	IndexFilesRemoved  int
+	ManifestsRemoved   int   // of forgotten restore points nothing kept descends from
 	BytesFreed         int64 // pack bytes deleted minus pack bytes written
 }
 
@@ -76,6 +135,20 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport,
 	}
 	if opts.RepackThreshold <= 0 || opts.RepackThreshold > 1 {
 		opts.RepackThreshold = 0.5
+	}
+	var pl *lease.Lease
+	if !opts.DryRun {
+		// Other agents sharing the store: none may be writing, and every
+		// restore point they published must be in the catalogue before it
+		// decides what is referenced.
+		var err error
+		if pl, err = r.acquirePrune(ctx); err != nil {
+			return PruneReport{}, err
+		}
+		defer r.releasePrune(pl)
+		if _, err := r.Sync(ctx); err != nil {
+			return PruneReport{}, fmt.Errorf("prune: %w", err)
+		}
 	}
 	r.maint.Lock()
 	defer r.maint.Unlock()
@@ -139,6 +212,9 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport,
 	}
 	if opts.DryRun {
 		return rep, nil
+	}
+	if rep.ManifestsRemoved, err = r.pruneManifests(ctx); err != nil {
+		return rep, fmt.Errorf("prune: manifests: %w", err)
 	}
 
 	// Copy the live chunks of mostly-dead packs into new packs.
@@ -232,6 +308,11 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport,
 	}
 	for _, o := range plan.orphans {
 		doomed = append(doomed, o.key)
+	}
+	if err := pl.Check(); err != nil {
+		// Another agent may be writing again: keep the packs (they are
+		// orphans now, for the next prune).
+		return rep, fmt.Errorf("prune: before removing packs: %w", err)
 	}
 	if err := r.store.Remove(ctx, doomed...); err != nil {
 		return rep, fmt.Errorf("prune: remove packs: %w", err)

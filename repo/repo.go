@@ -65,10 +65,15 @@ type Repository struct {
 	idx      *memIndex
 	sessions map[*Session]struct{}
 	inflight map[PackID]struct{} // packs being renamed/indexed by writers
-	pruning  int                 // prunes running
-	retired  []*protection       // protections of sessions that ended while a prune ran
+	held     map[string]int      // leases this process holds, by name
+	// publishing are restore points committed in the catalogue whose
+	// manifests are being published: Sync must not take them for forgotten.
+	publishing map[RestorePointID]struct{}
+	pruning    int           // prunes running
+	retired    []*protection // protections of sessions that ended while a prune ran
 
 	maint  sync.RWMutex // Prune takes it exclusively, Verify shared
+	syncMu sync.Mutex   // one Sync at a time
 	closed atomic.Bool
 }
 
@@ -115,6 +120,7 @@ func Open(dir string, opts Options) (*Repository, error) {
 	r := &Repository{
 		dir: dir, opts: opts, fsys: opts.FS, store: st, log: opts.Logger.Named("repo"),
 		idx: newMemIndex(), sessions: map[*Session]struct{}{}, inflight: map[PackID]struct{}{},
+		held: map[string]int{}, publishing: map[RestorePointID]struct{}{},
 		slots: make(chan *slotBufs, opts.Workers+2), scanners: make(chan *scanner, opts.Workers),
 	}
 	for i := 0; i < cap(r.slots); i++ {
@@ -164,8 +170,12 @@ func Open(dir string, opts Options) (*Repository, error) {
 		return nil, fmt.Errorf("repository %s: %w", dir, err)
 	}
 	if !opts.ReadOnly {
-		// We hold the catalogue's exclusive lock: no other writer exists,
-		// so every temp file is debris of a crash.
+		// We hold the catalogue's exclusive lock: no other writer uses this
+		// temp directory, so every file in it is debris of a crash.
+		if err := r.fsys.MkdirAll(st.TempDir(), 0o700); err != nil {
+			_ = r.cat.Close()
+			return nil, fmt.Errorf("repository %s: temp dir: %w", dir, err)
+		}
 		r.cleanTemp()
 	}
 	if _, err := r.loadIndex(context.Background()); err != nil {
@@ -464,6 +474,9 @@ func (r *Repository) Stats(ctx context.Context) (Stats, error) {
 	}
 	return st, nil
 }
+
+// Store returns the store of the repository's objects.
+func (r *Repository) Store() Store { return r.store }
 
 // Dir returns the repository directory.
 func (r *Repository) Dir() string { return r.dir }

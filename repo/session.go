@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"go.uber.org/zap"
+
 	"github.com/backup-proxy/backup-proxy/repo/catalog"
 )
 
@@ -19,6 +21,9 @@ type SessionOptions struct {
 	Source string         // caller's key, e.g. "onedrive:<user-id>" or "site:<site-id>"
 	Base   RestorePointID // "" for a full restore point; else unchanged items are inherited from Base
 	Label  string         // kept with the restore point, e.g. the job id
+	// Lease, from AcquireSource, keeps other agents from writing the
+	// source; Commit fails if it was lost. Nil: the caller coordinates.
+	Lease *SourceLease
 }
 
 // Session is one job writing one restore point: it stores byte streams as
@@ -32,6 +37,8 @@ type SessionOptions struct {
 type Session struct {
 	r      *Repository
 	txn    *catalog.Txn
+	man    *manifestWriter
+	lease  *SourceLease // nil: the caller coordinates writers of the source
 	tenant string
 
 	storeMu sync.RWMutex // Store holds it shared; Commit/Abort exclusively
@@ -57,11 +64,21 @@ func (r *Repository) NewSession(ctx context.Context, opts SessionOptions) (*Sess
 	if r.opts.ReadOnly {
 		return nil, ErrReadOnly
 	}
+	if opts.Lease != nil {
+		if err := opts.Lease.check(opts.Tenant, opts.Source); err != nil {
+			return nil, err
+		}
+	}
 	txn, err := r.cat.Begin(ctx, catalog.BeginOptions{Tenant: opts.Tenant, Source: opts.Source, Base: opts.Base, Label: opts.Label})
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{r: r, txn: txn, tenant: opts.Tenant, prot: newProtection()}
+	man, err := r.newManifest(manifestHeader{Name: txn.ID(), Tenant: opts.Tenant, Source: opts.Source, Label: opts.Label, Base: opts.Base})
+	if err != nil {
+		_ = txn.Abort()
+		return nil, err
+	}
+	s := &Session{r: r, txn: txn, man: man, lease: opts.Lease, tenant: opts.Tenant, prot: newProtection()}
 	r.mu.Lock()
 	r.sessions[s] = struct{}{}
 	r.mu.Unlock()
@@ -447,7 +464,7 @@ func (s *Session) PutItem(ctx context.Context, item Item) error {
 	if err := s.protect(item.Chunks); err != nil {
 		return fmt.Errorf("item %s: %w", item.ItemID, err)
 	}
-	return s.txn.Put(ctx, item)
+	return s.man.record(mPut, catalog.MarshalItem(item), func() error { return s.txn.Put(ctx, item) })
 }
 
 // protect registers chunks as referenced by the session, failing if one is
@@ -495,7 +512,7 @@ func (s *Session) DeleteItem(ctx context.Context, driveID, itemID string) error 
 	if err := s.usable(); err != nil {
 		return err
 	}
-	return s.txn.Delete(ctx, driveID, itemID)
+	return s.man.record(mDelete, appendStrings(nil, driveID, itemID), func() error { return s.txn.Delete(ctx, driveID, itemID) })
 }
 
 // SetDeltaLink records the drive's new deltaLink, visible with the restore point.
@@ -503,7 +520,7 @@ func (s *Session) SetDeltaLink(driveID, link string) error {
 	if err := s.usable(); err != nil {
 		return err
 	}
-	return s.txn.SetDeltaLink(driveID, link)
+	return s.man.record(mDeltaLink, appendStrings(nil, driveID, link), func() error { return s.txn.SetDeltaLink(driveID, link) })
 }
 
 // ResetDrive starts driveID empty in this restore point (full re-crawl of the drive).
@@ -511,7 +528,7 @@ func (s *Session) ResetDrive(driveID string) error {
 	if err := s.usable(); err != nil {
 		return err
 	}
-	return s.txn.ResetDrive(driveID)
+	return s.man.record(mReset, appendStrings(nil, driveID), func() error { return s.txn.ResetDrive(driveID) })
 }
 
 // RemoveDrive drops driveID from this restore point.
@@ -519,7 +536,7 @@ func (s *Session) RemoveDrive(driveID string) error {
 	if err := s.usable(); err != nil {
 		return err
 	}
-	return s.txn.RemoveDrive(driveID)
+	return s.man.record(mRemove, appendStrings(nil, driveID), func() error { return s.txn.RemoveDrive(driveID) })
 }
 
 func (s *Session) usable() error {
@@ -555,9 +572,12 @@ func (s *Session) Commit(ctx context.Context) (RestorePoint, error) {
 			err = s.r.finishPack(pw, s.prot)
 		}
 	}
+	if err == nil && s.lease != nil {
+		err = s.lease.l.Check()
+	}
 	var rp RestorePoint
 	if err == nil {
-		rp, err = s.txn.Commit(ctx)
+		rp, err = s.commitLocked(ctx)
 	}
 	if err != nil {
 		s.abortLocked()
@@ -580,7 +600,43 @@ func (s *Session) Abort() error {
 	return s.abortLocked()
 }
 
+// commitLocked commits the restore point in the catalogue and then
+// publishes its manifest; a restore point whose manifest could not be
+// published is removed again, so that the catalogue never holds a restore
+// point other agents cannot see. Sync leaves it alone meanwhile.
+func (s *Session) commitLocked(ctx context.Context) (RestorePoint, error) {
+	r, name := s.r, s.txn.ID()
+	r.mu.Lock()
+	r.publishing[name] = struct{}{}
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.publishing, name)
+		r.mu.Unlock()
+	}()
+	rp, err := s.txn.Commit(ctx)
+	if err != nil {
+		return RestorePoint{}, err
+	}
+	if s.lease != nil {
+		err = s.lease.l.Check()
+	}
+	if err == nil {
+		err = s.man.publish(context.WithoutCancel(ctx), manifestEnd{Time: rp.Time, Items: rp.Items, Bytes: rp.Bytes,
+			ItemsWritten: rp.ItemsWritten, ItemsDeleted: rp.ItemsDeleted})
+	}
+	if err != nil {
+		if ferr := r.cat.ForgetRestorePoint(context.WithoutCancel(ctx), rp.ID); ferr != nil {
+			r.log.Error("restore point without manifest could not be removed; the next Sync removes it",
+				zap.String("restore_point", string(rp.ID)), zap.Error(ferr))
+		}
+		return RestorePoint{}, fmt.Errorf("publish manifest: %w", err)
+	}
+	return rp, nil
+}
+
 func (s *Session) abortLocked() error {
+	s.man.abort()
 	s.pmu.Lock()
 	if s.pw != nil {
 		s.pw.abort()

@@ -29,13 +29,15 @@ type ProblemKind string
 
 // Problem kinds. All but ProblemUnreadable are corruption.
 const (
-	ProblemIndexDamaged   ProblemKind = "index-damaged"   // index file does not hash to its name or does not decode
-	ProblemPackMissing    ProblemKind = "pack-missing"    // an index lists a pack that is not on disk
-	ProblemPackTruncated  ProblemKind = "pack-truncated"  // pack shorter than the index says
-	ProblemPackDamaged    ProblemKind = "pack-damaged"    // pack size or trailer disagrees with the index
-	ProblemChunkMissing   ProblemKind = "chunk-missing"   // an item refers to a chunk no index lists
-	ProblemChunkDamaged   ProblemKind = "chunk-damaged"   // chunk data fails authentication, decompression or its hash
-	ProblemCatalogDamaged ProblemKind = "catalog-damaged" // catalogue records do not decode
+	ProblemIndexDamaged    ProblemKind = "index-damaged"    // index file does not hash to its name or does not decode
+	ProblemPackMissing     ProblemKind = "pack-missing"     // an index lists a pack that is not on disk
+	ProblemPackTruncated   ProblemKind = "pack-truncated"   // pack shorter than the index says
+	ProblemPackDamaged     ProblemKind = "pack-damaged"     // pack size or trailer disagrees with the index
+	ProblemChunkMissing    ProblemKind = "chunk-missing"    // an item refers to a chunk no index lists
+	ProblemChunkDamaged    ProblemKind = "chunk-damaged"    // chunk data fails authentication, decompression or its hash
+	ProblemCatalogDamaged  ProblemKind = "catalog-damaged"  // catalogue records do not decode
+	ProblemManifestDamaged ProblemKind = "manifest-damaged" // a restore point manifest does not authenticate or decode
+	ProblemManifestMissing ProblemKind = "manifest-missing" // a restore point of the catalogue has no manifest
 	// ProblemUnreadable is an I/O error that persisted through retries. It
 	// is not evidence of corruption; transient errors that clear on retry
 	// are not reported at all.
@@ -80,6 +82,7 @@ type DamagedItem struct {
 type VerifyReport struct {
 	IndexFiles    int
 	Packs         int
+	Manifests     int   // restore point manifests read
 	OrphanPacks   int   // packs no index lists (left by a crash or a failed write; prune removes them)
 	ChunksChecked int64 // chunks whose data was checked (ReadData) or whose presence was checked
 	BytesRead     int64
@@ -157,6 +160,9 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (VerifyRepo
 		rep.OrphanPacks = n
 	} else {
 		problem(Problem{Kind: ProblemUnreadable, File: "packs", Detail: err.Error()})
+	}
+	if err := r.verifyManifests(ctx, &rep, problem); err != nil {
+		return rep, err
 	}
 
 	// 3. Data.
@@ -482,4 +488,47 @@ func (r *Repository) verifyPackData(ctx context.Context, vp *vpack, stbuf, dst *
 		}
 	}
 	return probs, checked, read
+}
+
+// verifyManifests reads every restore point manifest whole, and checks that
+// every restore point of the catalogue has one.
+func (r *Repository) verifyManifests(ctx context.Context, rep *VerifyReport, problem func(Problem)) error {
+	local, err := r.cat.ListRestorePoints(ctx, "", "")
+	if err != nil {
+		return err
+	}
+	manifests, _, err := r.listManifests(ctx)
+	if err != nil {
+		problem(Problem{Kind: ProblemUnreadable, File: manifestPrefix, Detail: err.Error()})
+		return nil
+	}
+	names := make([]RestorePointID, 0, len(manifests))
+	for name := range manifests {
+		names = append(names, name)
+	}
+	sort.Slice(names, func(i, j int) bool { return names[i] < names[j] })
+	for _, name := range names {
+		err := retryTransient(func() error {
+			return r.readManifest(ctx, name, func(byte, []byte) error { return nil })
+		})
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		rep.Manifests++
+		if err != nil {
+			problem(Problem{Kind: classify(err, ProblemManifestDamaged), File: manifestKey(name), Detail: err.Error()})
+		}
+	}
+	r.mu.Lock()
+	publishing := make(map[RestorePointID]bool, len(r.publishing))
+	for name := range r.publishing {
+		publishing[name] = true
+	}
+	r.mu.Unlock()
+	for _, rp := range local {
+		if catalog.ValidName(rp.ID) && !manifests[rp.ID] && !publishing[rp.ID] {
+			problem(Problem{Kind: ProblemManifestMissing, File: manifestKey(rp.ID), Detail: "restore point of the catalogue"})
+		}
+	}
+	return nil
 }

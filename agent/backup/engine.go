@@ -85,6 +85,24 @@ func (e *Engine) Run(ctx context.Context, spec jobs.Spec, t *jobs.Tracker) (jobs
 	}()
 	source := SourceKey(spec.Source)
 
+	// One writer per source, across every agent sharing the repository;
+	// this also brings the catalogue up to date with what others wrote.
+	lease, err := e.repo.AcquireSource(ctx, spec.TenantID, source)
+	if err != nil {
+		return jobs.Result{}, err
+	}
+	defer lease.Release()
+	ctx, stopLease := context.WithCancelCause(ctx)
+	defer stopLease(nil)
+	go func() {
+		select {
+		case <-lease.Lost():
+			log.Error("lost the source's lease; the job stops without committing")
+			stopLease(fmt.Errorf("source lease lost: %w", repo.ErrBusy))
+		case <-ctx.Done():
+		}
+	}()
+
 	var (
 		drives []graph.Drive
 		site   graph.Site
@@ -121,7 +139,7 @@ func (e *Engine) Run(ctx context.Context, spec jobs.Spec, t *jobs.Tracker) (jobs
 	}
 	forceFull := map[string]bool{}
 	for attempt := 1; ; attempt++ {
-		res, err := e.attempt(ctx, log, spec, t, client, source, base, site, drives, forceFull)
+		res, err := e.attempt(ctx, log, spec, t, client, lease, source, base, site, drives, forceFull)
 		var resync *resyncAfterChangesError
 		if !errors.As(err, &resync) || attempt == maxAttempts {
 			return res, err
@@ -138,8 +156,8 @@ const maxAttempts = 3
 
 // attempt makes one restore point: all drives and lists in one session.
 func (e *Engine) attempt(ctx context.Context, log *zap.Logger, spec jobs.Spec, t *jobs.Tracker, client *graph.Client,
-	source string, base repo.RestorePoint, site graph.Site, drives []graph.Drive, forceFull map[string]bool) (jobs.Result, error) {
-	sess, err := e.repo.NewSession(ctx, repo.SessionOptions{Tenant: spec.TenantID, Source: source, Base: base.ID, Label: spec.ID})
+	lease *repo.SourceLease, source string, base repo.RestorePoint, site graph.Site, drives []graph.Drive, forceFull map[string]bool) (jobs.Result, error) {
+	sess, err := e.repo.NewSession(ctx, repo.SessionOptions{Tenant: spec.TenantID, Source: source, Base: base.ID, Label: spec.ID, Lease: lease})
 	if err != nil {
 		return jobs.Result{}, err
 	}

@@ -45,6 +45,7 @@ package catalog
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -143,6 +144,9 @@ type Catalog struct {
 	mu      sync.Mutex
 	pending map[uint64]*Txn // transactions being staged in this process
 
+	nmu   sync.RWMutex
+	names map[string]uint64 // restore point name → seq, as the names bucket
+
 	reads atomic.Int64 // read transactions, for dropMappedPages
 }
 
@@ -155,6 +159,7 @@ var (
 	bktPending      = []byte("pending")       // seq → pendingRecord (staging transactions)
 	bktVersions     = []byte("versions")      // version id → encoded version
 	bktByItem       = []byte("by-item")       // tenant\x00drive\x00item\x00 + version id → ""
+	bktNames        = []byte("names")         // restore point name → seq
 	bktPaths        = []byte("p")
 	bktIDs          = []byte("i")
 )
@@ -184,12 +189,12 @@ func Open(path string, opts Options) (*Catalog, error) {
 		}
 		return nil, fmt.Errorf("open catalogue %s: %w", path, err)
 	}
-	c := &Catalog{db: db, clock: opts.Clock, log: opts.Logger, pending: map[uint64]*Txn{}}
+	c := &Catalog{db: db, clock: opts.Clock, log: opts.Logger, pending: map[uint64]*Txn{}, names: map[string]uint64{}}
 	if opts.ReadOnly {
 		err = db.View(func(tx *bolt.Tx) error { return checkSchema(tx) })
 	} else {
 		err = db.Update(func(tx *bolt.Tx) error {
-			for _, name := range [][]byte{bktMeta, bktLineageNames, bktLineages, bktRPs, bktChain, bktPending, bktVersions, bktByItem} {
+			for _, name := range [][]byte{bktMeta, bktLineageNames, bktLineages, bktRPs, bktChain, bktPending, bktVersions, bktByItem, bktNames} {
 				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 					return err
 				}
@@ -207,6 +212,21 @@ func Open(path string, opts Options) (*Catalog, error) {
 			// from a process that died while staging; its rows are invisible
 			// and GC removes them.
 			return clearBucket(tx.Bucket(bktPending))
+		})
+	}
+	if err == nil {
+		err = db.View(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bktNames)
+			if b == nil { // a read-only open of a catalogue from before names
+				return nil
+			}
+			return b.ForEach(func(k, v []byte) error {
+				if len(v) != 8 {
+					return fmt.Errorf("name %q: %w", k, ErrCorrupt)
+				}
+				c.names[string(k)] = binary.BigEndian.Uint64(v)
+				return nil
+			})
 		})
 	}
 	if err != nil {
@@ -270,6 +290,53 @@ func u64(v uint64) []byte {
 
 func formatRPID(seq uint64) RestorePointID {
 	return RestorePointID("rp-" + strconv.FormatUint(seq, 10))
+}
+
+// NewName returns a fresh restore point name, unique across agents writing
+// one repository: "rp-" ‖ 16 hex digits of t in ns ‖ "-" ‖ 8 random hex digits.
+func NewName(t time.Time) RestorePointID {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return RestorePointID(fmt.Sprintf("rp-%016x-%x", uint64(t.UnixNano()), b))
+}
+
+// ValidName reports whether id has the form of NewName's names.
+func ValidName(id RestorePointID) bool {
+	s, ok := strings.CutPrefix(string(id), "rp-")
+	if !ok || len(s) != 16+1+8 || s[16] != '-' {
+		return false
+	}
+	_, err1 := hex.DecodeString(s[:16])
+	_, err2 := hex.DecodeString(s[17:])
+	return err1 == nil && err2 == nil
+}
+
+// seqOf resolves a restore point id: a name (NewName) or, for restore
+// points committed before names existed, "rp-<seq>".
+func (c *Catalog) seqOf(id RestorePointID) (uint64, error) {
+	if seq, err := parseRPID(id); err == nil {
+		return seq, nil
+	}
+	if !ValidName(id) {
+		return 0, fmt.Errorf("restore point id %q: %w", id, ErrInvalidArgument)
+	}
+	c.nmu.RLock()
+	seq, ok := c.names[string(id)]
+	c.nmu.RUnlock()
+	if !ok {
+		return 0, fmt.Errorf("restore point %s: %w", id, ErrNotFound)
+	}
+	return seq, nil
+}
+
+func (c *Catalog) setName(name RestorePointID, seq uint64) {
+	c.nmu.Lock()
+	if seq == 0 {
+		delete(c.names, string(name))
+	} else {
+		c.names[string(name)] = seq
+	}
+	c.nmu.Unlock()
 }
 
 func parseRPID(id RestorePointID) (uint64, error) {
@@ -491,6 +558,8 @@ type driveRecord struct {
 
 type rpRecord struct {
 	Seq          uint64        `json:"seq"`
+	Name         string        `json:"name,omitempty"`        // empty for restore points from before names
+	ParentName   string        `json:"parent_name,omitempty"` // the base's id
 	Lineage      uint64        `json:"lineage"`
 	Tenant       string        `json:"tenant"`
 	Source       string        `json:"source"`
@@ -504,10 +573,13 @@ type rpRecord struct {
 
 func (r *rpRecord) public() RestorePoint {
 	p := RestorePoint{
-		ID: formatRPID(r.Seq), Tenant: r.Tenant, Source: r.Source, Label: r.Label, Time: r.Time,
+		ID: r.id(), Tenant: r.Tenant, Source: r.Source, Label: r.Label, Time: r.Time,
 		ItemsWritten: r.ItemsWritten, ItemsDeleted: r.ItemsDeleted,
 	}
-	if r.Parent != 0 {
+	switch {
+	case r.ParentName != "":
+		p.Base = RestorePointID(r.ParentName)
+	case r.Parent != 0:
 		p.Base = formatRPID(r.Parent)
 	}
 	for _, d := range r.Drives {
@@ -516,6 +588,13 @@ func (r *rpRecord) public() RestorePoint {
 		p.Bytes += d.Bytes
 	}
 	return p
+}
+
+func (r *rpRecord) id() RestorePointID {
+	if r.Name != "" {
+		return RestorePointID(r.Name)
+	}
+	return formatRPID(r.Seq)
 }
 
 func getRP(tx *bolt.Tx, seq uint64) (*rpRecord, error) {
@@ -679,7 +758,7 @@ func lineageID(tx *bolt.Tx, tenant, source string) (uint64, bool) {
 
 // RestorePoint returns one committed restore point.
 func (c *Catalog) RestorePoint(ctx context.Context, id RestorePointID) (RestorePoint, error) {
-	seq, err := parseRPID(id)
+	seq, err := c.seqOf(id)
 	if err != nil {
 		return RestorePoint{}, err
 	}
@@ -698,26 +777,33 @@ func (c *Catalog) RestorePoint(ctx context.Context, id RestorePointID) (RestoreP
 // ListRestorePoints returns the restore points of tenant (all tenants when
 // empty) and source (all sources when empty), oldest first.
 func (c *Catalog) ListRestorePoints(ctx context.Context, tenant, source string) ([]RestorePoint, error) {
-	var out []RestorePoint
+	var recs []*rpRecord
 	err := c.view(ctx, func(tx *bolt.Tx) error {
-		recs, err := allRPs(tx)
-		if err != nil {
-			return err
-		}
-		for _, r := range recs {
+		all, err := allRPs(tx)
+		for _, r := range all {
 			if (tenant == "" || r.Tenant == tenant) && (source == "" || r.Source == source) {
-				out = append(out, r.public())
+				recs = append(recs, r)
 			}
 		}
-		return nil
+		return err
 	})
-	sort.SliceStable(out, func(i, j int) bool {
-		if !out[i].Time.Equal(out[j].Time) {
-			return out[i].Time.Before(out[j].Time)
-		}
-		return rpLess(out[i].ID, out[j].ID)
-	})
+	sortRecords(recs)
+	out := make([]RestorePoint, len(recs))
+	for i, r := range recs {
+		out[i] = r.public()
+	}
 	return out, err
+}
+
+// sortRecords orders restore points oldest first: by time, then by the
+// order this catalogue committed them.
+func sortRecords(recs []*rpRecord) {
+	sort.SliceStable(recs, func(i, j int) bool {
+		if !recs[i].Time.Equal(recs[j].Time) {
+			return recs[i].Time.Before(recs[j].Time)
+		}
+		return recs[i].Seq < recs[j].Seq
+	})
 }
 
 // CountRestorePoints returns the number of committed restore points.
@@ -728,12 +814,6 @@ func (c *Catalog) CountRestorePoints(ctx context.Context) (int, error) {
 		return nil
 	})
 	return n, err
-}
-
-func rpLess(a, b RestorePointID) bool {
-	x, _ := parseRPID(a)
-	y, _ := parseRPID(b)
-	return x < y
 }
 
 // Latest returns the newest committed restore point of (tenant, source).
@@ -797,7 +877,7 @@ const (
 // id), which is stable across calls, and the token of the next page ("" at
 // the end). Chunk lists are included.
 func (c *Catalog) ListItems(ctx context.Context, req ListItemsRequest) ([]Item, string, error) {
-	seq, err := parseRPID(req.RestorePoint)
+	seq, err := c.seqOf(req.RestorePoint)
 	if err != nil {
 		return nil, "", err
 	}
@@ -905,7 +985,7 @@ func (c *Catalog) Item(ctx context.Context, rp RestorePointID, itemID string) (I
 // ItemInDrive returns the item (driveID, itemID) of restore point rp; an
 // empty driveID searches all drives.
 func (c *Catalog) ItemInDrive(ctx context.Context, rp RestorePointID, driveID, itemID string) (Item, error) {
-	seq, err := parseRPID(rp)
+	seq, err := c.seqOf(rp)
 	if err != nil {
 		return Item{}, err
 	}
@@ -984,4 +1064,24 @@ func (c *Catalog) LookupVersion(ctx context.Context, tenant, driveID, itemID, cT
 		return nil
 	})
 	return found, ok, err
+}
+
+// MarshalItem encodes an item with its path, compactly and
+// deterministically: restore point manifests carry items in this form.
+func MarshalItem(it Item) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(it.Path)))
+	b = append(b, it.Path...)
+	return append(b, encodeVersion(&it)...)
+}
+
+// UnmarshalItem decodes MarshalItem's form.
+func UnmarshalItem(b []byte) (Item, error) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || uint64(len(b)-k) < n {
+		return Item{}, fmt.Errorf("item path: %w", ErrCorrupt)
+	}
+	path := string(b[k : k+int(n)])
+	it, err := decodeVersion(b[k+int(n):])
+	it.Path = path
+	return it, err
 }

@@ -36,7 +36,7 @@ func (c *Catalog) Forget(ctx context.Context, p ForgetPolicy) ([]RestorePoint, e
 	defer c.mu.Unlock()
 	bases := c.pendingBasesLocked()
 	cutoff := c.clock().Add(-p.KeepWithin)
-	var gone []RestorePoint
+	var gone []*rpRecord
 	fn := func(tx *bolt.Tx) error {
 		recs, err := allRPs(tx)
 		if err != nil {
@@ -61,9 +61,9 @@ func (c *Catalog) Forget(ctx context.Context, p ForgetPolicy) ([]RestorePoint, e
 				if keep {
 					continue
 				}
-				gone = append(gone, r.public())
+				gone = append(gone, r)
 				if !p.DryRun {
-					if err := tx.Bucket(bktRPs).Delete(u64(r.Seq)); err != nil {
+					if err := deleteRP(tx, r); err != nil {
 						return err
 					}
 				}
@@ -80,14 +80,32 @@ func (c *Catalog) Forget(ctx context.Context, p ForgetPolicy) ([]RestorePoint, e
 	if err != nil {
 		return nil, fmt.Errorf("forget: %w", err)
 	}
-	sort.Slice(gone, func(i, j int) bool { return rpLess(gone[i].ID, gone[j].ID) })
-	return gone, nil
+	sort.Slice(gone, func(i, j int) bool { return gone[i].Seq < gone[j].Seq })
+	out := make([]RestorePoint, len(gone))
+	for i, r := range gone {
+		out[i] = r.public()
+		if !p.DryRun && r.Name != "" {
+			c.setName(out[i].ID, 0)
+		}
+	}
+	return out, nil
+}
+
+// deleteRP removes a restore point record and its name. Its rows and item
+// versions stay until GC.
+func deleteRP(tx *bolt.Tx, r *rpRecord) error {
+	if r.Name != "" {
+		if err := tx.Bucket(bktNames).Delete([]byte(r.Name)); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bktRPs).Delete(u64(r.Seq))
 }
 
 // ForgetRestorePoint removes one restore point. Restore points based on it
 // keep everything they inherited.
 func (c *Catalog) ForgetRestorePoint(ctx context.Context, id RestorePointID) error {
-	seq, err := parseRPID(id)
+	seq, err := c.seqOf(id)
 	if err != nil {
 		return err
 	}
@@ -99,14 +117,20 @@ func (c *Catalog) ForgetRestorePoint(ctx context.Context, id RestorePointID) err
 	if c.pendingBasesLocked()[seq] {
 		return fmt.Errorf("forget %s: %w", id, ErrInUse)
 	}
+	var name string
 	err = c.db.Update(func(tx *bolt.Tx) error {
-		if _, err := getRP(tx, seq); err != nil {
+		r, err := getRP(tx, seq)
+		if err != nil {
 			return err
 		}
-		return tx.Bucket(bktRPs).Delete(u64(seq))
+		name = r.Name
+		return deleteRP(tx, r)
 	})
 	if err != nil {
 		return fmt.Errorf("forget %s: %w", id, err)
+	}
+	if name != "" {
+		c.setName(RestorePointID(name), 0)
 	}
 	return nil
 }

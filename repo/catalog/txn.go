@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -17,6 +18,9 @@ type BeginOptions struct {
 	Source string         // e.g. "onedrive:<user-id>" or "site:<site-id>"
 	Base   RestorePointID // "" for a full restore point; else it inherits everything of Base not changed
 	Label  string         // kept with the restore point, e.g. the job id
+	// Name is the restore point's id; default a new NewName. A restore
+	// point imported from another agent keeps the name it was given there.
+	Name RestorePointID
 }
 
 // Txn stages one restore point. Its changes are written in batches that stay
@@ -29,7 +33,10 @@ type Txn struct {
 	tenant  string
 	source  string
 	label   string
+	name    RestorePointID
+	time    time.Time
 	parent  uint64
+	pname   RestorePointID // the parent's id
 	anc     map[uint64]bool
 
 	mu      sync.Mutex
@@ -84,14 +91,23 @@ func (c *Catalog) Begin(ctx context.Context, opts BeginOptions) (*Txn, error) {
 	var baseSeq uint64
 	if opts.Base != "" {
 		var err error
-		if baseSeq, err = parseRPID(opts.Base); err != nil {
+		if baseSeq, err = c.seqOf(opts.Base); err != nil {
 			return nil, err
 		}
+	}
+	if opts.Name == "" {
+		opts.Name = NewName(c.clock())
+	} else if !ValidName(opts.Name) {
+		return nil, fmt.Errorf("restore point name %q: %w", opts.Name, ErrInvalidArgument)
+	}
+	if _, err := c.seqOf(opts.Name); err == nil {
+		return nil, fmt.Errorf("restore point %s exists: %w", opts.Name, ErrInvalidArgument)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	t := &Txn{c: c, tenant: opts.Tenant, source: opts.Source, label: opts.Label, parent: baseSeq, drives: map[string]*txnDrive{}}
+	t := &Txn{c: c, tenant: opts.Tenant, source: opts.Source, label: opts.Label, name: opts.Name,
+		parent: baseSeq, drives: map[string]*txnDrive{}}
 	c.mu.Lock()
 	defer c.mu.Unlock() // held so that Forget cannot remove the base between check and registration
 	err := c.db.Update(func(tx *bolt.Tx) error {
@@ -128,6 +144,7 @@ func (c *Catalog) Begin(ctx context.Context, opts BeginOptions) (*Txn, error) {
 				return fmt.Errorf("base %s belongs to %s/%s, not %s/%s: %w",
 					opts.Base, base.Tenant, base.Source, opts.Tenant, opts.Source, ErrInvalidArgument)
 			}
+			t.pname = base.id()
 			for _, d := range base.Drives {
 				t.drives[d.ID] = &txnDrive{deltaLink: d.DeltaLink, since: d.Since, items: d.Items, bytes: d.Bytes}
 			}
@@ -480,8 +497,11 @@ func (t *Txn) Commit(ctx context.Context) (RestorePoint, error) {
 		return RestorePoint{}, err
 	}
 	rec := rpRecord{
-		Seq: t.seq, Lineage: t.lineage, Tenant: t.tenant, Source: t.source, Label: t.label, Parent: t.parent,
-		Time: t.c.clock().UTC(),
+		Seq: t.seq, Name: string(t.name), Lineage: t.lineage, Tenant: t.tenant, Source: t.source, Label: t.label,
+		Parent: t.parent, ParentName: string(t.pname), Time: t.time.UTC(),
+	}
+	if t.time.IsZero() {
+		rec.Time = t.c.clock().UTC()
 	}
 	err := t.flush(func(tx *bolt.Tx) error {
 		rec.ItemsWritten, rec.ItemsDeleted = t.written, t.deleted
@@ -510,14 +530,29 @@ func (t *Txn) Commit(ctx context.Context) (RestorePoint, error) {
 		if err := tx.Bucket(bktRPs).Put(u64(t.seq), enc); err != nil {
 			return err
 		}
+		if err := tx.Bucket(bktNames).Put([]byte(t.name), u64(t.seq)); err != nil {
+			return err
+		}
+		// Known before the record is visible, so that whoever sees the
+		// record can resolve its name; undone below if the commit fails.
+		t.c.setName(t.name, t.seq)
 		return tx.Bucket(bktPending).Delete(u64(t.seq))
 	})
 	if err != nil {
+		t.c.setName(t.name, 0)
 		return RestorePoint{}, fmt.Errorf("commit restore point of %s/%s: %w", t.tenant, t.source, err)
 	}
 	t.done = true
 	t.c.forget(t.seq)
 	return rec.public(), nil
+}
+
+// SetTime sets the restore point's time, which is otherwise the clock's at
+// Commit: an imported restore point keeps the time it was committed with.
+func (t *Txn) SetTime(tm time.Time) {
+	t.mu.Lock()
+	t.time = tm
+	t.mu.Unlock()
 }
 
 // Abort abandons the transaction; its staged rows stay invisible and are
@@ -547,7 +582,7 @@ func (t *Txn) RowsWritten() int64 {
 }
 
 // ID is the id the restore point will have once committed.
-func (t *Txn) ID() RestorePointID { return formatRPID(t.seq) }
+func (t *Txn) ID() RestorePointID { return t.name }
 
 func (c *Catalog) forget(seq uint64) {
 	c.mu.Lock()
