@@ -1,0 +1,179 @@
+// Package s3server runs a throwaway S3 server for tests and benchmarks:
+// versitygw with its POSIX backend, on a loopback port, its objects and log
+// in a given directory, root keys generated per server, and a Stop/Start
+// pair that keeps the port and the objects so that clients reconnect.
+package s3server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// ErrNotInstalled: versitygw is not on PATH.
+var ErrNotInstalled = errors.New("versitygw is not installed (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0, and put $(go env GOPATH)/bin on PATH)")
+
+// Server is a versitygw child process.
+type Server struct {
+	dir            string // the log
+	data           string // the POSIX backend's root: a directory per bucket
+	port           int
+	access, secret string
+	cmd            *exec.Cmd
+	done           chan struct{}
+}
+
+// Start starts versitygw on a free loopback port, its files in dir.
+func Start(dir string) (*Server, error) {
+	if _, err := exec.LookPath("versitygw"); err != nil {
+		return nil, ErrNotInstalled
+	}
+	data := filepath.Join(dir, "data")
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	s := &Server{dir: dir, data: data, port: port, access: randomKey(10), secret: randomKey(20)}
+	return s, s.Start()
+}
+
+func randomKey(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return hex.EncodeToString(b)
+}
+
+// Endpoint is host:port, for http.
+func (s *Server) Endpoint() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
+
+// AccessKey is the root access key.
+func (s *Server) AccessKey() string { return s.access }
+
+// SecretKey is the root secret key.
+func (s *Server) SecretKey() string { return s.secret }
+
+// DataDir is the POSIX backend's root: bucket b's object k is DataDir/b/k.
+func (s *Server) DataDir() string { return s.data }
+
+// Start (re)starts the server on its port and data and waits until it
+// accepts connections. The log (request lines, errors) is appended to
+// versitygw-<port>.log in the directory.
+func (s *Server) Start() error {
+	if s.cmd != nil {
+		return errors.New("s3server: already running")
+	}
+	log, err := os.OpenFile(filepath.Join(s.dir, fmt.Sprintf("versitygw-%d.log", s.port)),
+		os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("versitygw", "--port", s.Endpoint(), "posix", s.data)
+	// The keys go in the environment, not on the command line (ps shows
+	// that); inherited settings of versitygw's are dropped so that the
+	// server is the same everywhere (ROOT_ACCESS_KEY_ID would win over
+	// ROOT_ACCESS_KEY).
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "ROOT_") && !strings.HasPrefix(kv, "VGW_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "ROOT_ACCESS_KEY="+s.access, "ROOT_SECRET_KEY="+s.secret)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return fmt.Errorf("start versitygw: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); log.Close(); close(done) }()
+	s.cmd, s.done = cmd, done
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.Endpoint(), 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-done:
+			s.cmd = nil
+			return fmt.Errorf("versitygw exited at start; see %s", log.Name())
+		default:
+		}
+		if time.Now().After(deadline) {
+			_ = s.Stop()
+			return fmt.Errorf("versitygw did not listen on %s within 10 s; see %s", s.Endpoint(), log.Name())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop kills the server (as a crash would) and waits for it to exit.
+func (s *Server) Stop() error {
+	if s.cmd == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd = nil
+	return nil
+}
+
+// Client is a minio-go client of the server as root, for test setup.
+func (s *Server) Client() (*minio.Client, error) {
+	return minio.New(s.Endpoint(), &minio.Options{
+		Creds:  credentials.NewStaticV4(s.access, s.secret, ""),
+		Region: "us-east-1", // versitygw's default
+	})
+}
+
+// NewBucket creates the bucket name, failing t if it cannot.
+func (s *Server) NewBucket(t testing.TB, name string) string {
+	t.Helper()
+	c, err := s.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.MakeBucket(ctx, name, minio.MakeBucketOptions{}); err != nil {
+		t.Fatalf("create bucket %s: %v", name, err)
+	}
+	return name
+}
+
+// ForTest starts a server for t and stops it at the end. Without versitygw
+// it skips the test, except under CI (CI set), where a missing server is a
+// broken environment and fails it.
+func ForTest(t testing.TB) *Server {
+	t.Helper()
+	s, err := Start(t.TempDir())
+	if errors.Is(err, ErrNotInstalled) {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set but %v", err)
+		}
+		t.Skipf("skipped: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	return s
+}
