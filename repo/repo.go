@@ -18,6 +18,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"go.uber.org/zap"
 
+	"github.com/backup-proxy/backup-proxy/lease"
 	"github.com/backup-proxy/backup-proxy/repo/catalog"
 )
 
@@ -131,21 +132,34 @@ func Open(dir string, opts Options) (*Repository, error) {
 	}
 	ctx := context.Background()
 	raw, err := readObject(ctx, st, configName)
+	if errors.Is(err, fs.ErrNotExist) && opts.Create && !opts.ReadOnly {
+		// Agents starting together on an empty shared store must not each
+		// write a config (with its own chunker key): one creates it, under
+		// a lease, and the others read it.
+		lctx, cancel := context.WithTimeout(ctx, 2*opts.LeaseTTL)
+		l, lerr := lease.AcquireWait(lctx, opts.Leases, "create", opts.LeaseTTL, max(opts.LeaseTTL/20, 50*time.Millisecond))
+		cancel()
+		if lerr != nil {
+			return nil, fmt.Errorf("create repository %s: %w", st, lerr)
+		}
+		defer func() { _ = l.Release(context.Background()) }()
+		raw, err = readObject(ctx, st, configName)
+	}
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && opts.Create && !opts.ReadOnly:
 		if err := r.initialise(); err != nil {
-			return nil, fmt.Errorf("create repository %s: %w", dir, err)
+			return nil, fmt.Errorf("create repository %s: %w", st, err)
 		}
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("repository %s: no config: %w", dir, ErrNotFound)
+		return nil, fmt.Errorf("repository %s: no config: %w", st, ErrNotFound)
 	case err != nil:
-		return nil, fmt.Errorf("repository %s: read config: %w", dir, err)
+		return nil, fmt.Errorf("repository %s: read config: %w", st, err)
 	default:
 		if err := json.Unmarshal(raw, &r.cfg); err != nil {
-			return nil, fmt.Errorf("repository %s: config: %w", dir, ErrCorrupt)
+			return nil, fmt.Errorf("repository %s: config: %w", st, ErrCorrupt)
 		}
 		if r.cfg.Version != configVersion {
-			return nil, fmt.Errorf("repository %s: config version %d, this build reads version %d: %w", dir, r.cfg.Version, configVersion, ErrCorrupt)
+			return nil, fmt.Errorf("repository %s: config version %d, this build reads version %d: %w", st, r.cfg.Version, configVersion, ErrCorrupt)
 		}
 		var key []byte
 		if r.cfg.Encryption == encAESGCM {

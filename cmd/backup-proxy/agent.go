@@ -44,6 +44,10 @@ type agentConfig struct {
 	// budgetRedis is the redis:// URL of the budget shared with other
 	// agents (serve --budget-redis); empty: everything in process.
 	budgetRedis string
+	// leaseRedis is the redis:// URL of the repository's leases; empty:
+	// in process. repo says where the repository's objects live.
+	leaseRedis string
+	repo       repoConfig
 }
 
 // assembled is a running agent's parts.
@@ -56,6 +60,7 @@ type assembled struct {
 	server  *agent.Server
 	metrics *prometheus.Registry // served by serve --metrics-listen
 	redis   *redis.Client        // the shared budget's, if any
+	leases  *redis.Client        // the repository's leases', if any
 	shared  *sharedHealth
 }
 
@@ -115,16 +120,12 @@ func assemble(log *zap.Logger, cfg agentConfig) (*assembled, error) {
 	if err != nil {
 		return nil, fmt.Errorf("application pool: %w", err)
 	}
-	repoDir := filepath.Join(cfg.dataDir, "repository")
-	a.repo, err = repo.Open(repoDir, repo.Options{Logger: log.Named("repo")})
-	if errors.Is(err, repo.ErrNotFound) {
-		a.repo, err = repo.Open(repoDir, repo.Options{Create: true, Logger: log.Named("repo")})
-		if err == nil {
-			log.Info("repository created", zap.String("path", repoDir), zap.Bool("encrypted", a.repo.Encrypted()))
-		}
+	if cfg.repo.leaseTTL == 0 {
+		cfg.repo.leaseTTL = time.Minute
 	}
+	a.repo, a.leases, err = openRepository(context.Background(), log, filepath.Join(cfg.dataDir, "repository"), cfg.repo, cfg.leaseRedis)
 	if err != nil {
-		return nil, fmt.Errorf("repository: %w", err)
+		return nil, err
 	}
 	tc := backup.TenantsConfig{GraphURL: cfg.graphURL, Transport: transport, Scheduler: cfg.scheduler}
 	if cfg.budgetRedis != "" {
@@ -198,6 +199,9 @@ func (a *assembled) close(ctx context.Context) error {
 	}
 	if a.repo != nil {
 		errs = append(errs, a.repo.Close())
+	}
+	if a.leases != nil {
+		errs = append(errs, a.leases.Close())
 	}
 	return errors.Join(errs...)
 }
