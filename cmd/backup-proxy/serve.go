@@ -57,8 +57,8 @@ type serveConfig struct {
 	rpcRate           float64
 	rpcBurst          int
 
-	budgetRedis   string  // redis:// URL of the budget shared with other agents; empty: in process
-	leaseRedis    string  // redis:// URL of the repository's leases; default budgetRedis
+	budgetRedis   string // redis:// URL of the budget shared with other agents; empty: in process
+	leaseRedis    string // redis:// URL of the repository's leases; default budgetRedis
 	repo          repoConfig
 	fallbackShare float64 // share of the limits while that Redis is unreachable
 	simTimeScale  float64 // graphsim's TimeScale, for benchmarks; 1 against Microsoft
