@@ -83,6 +83,7 @@ func flipBit(t *testing.T, path string, off int64) {
 }
 
 func TestVerifyDetectsCorruption(t *testing.T) {
+	dirStoreOnly(t, "it damages pack and index files in place")
 	tests := []struct {
 		name     string
 		target   string // whose pack or index file to damage
@@ -149,6 +150,7 @@ func TestVerifyDetectsCorruption(t *testing.T) {
 }
 
 func TestTransientReadErrorsAreNotCorruption(t *testing.T) {
+	dirStoreOnly(t, "it injects read faults into the local file system")
 	ctx := context.Background()
 	fx := newCorruptFixture(t, true)
 	tests := []struct {

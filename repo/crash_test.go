@@ -93,6 +93,7 @@ func crashChild(dir string) {
 // restore point reads back, the killed job left no restore point, and the
 // rerun deduplicates what the killed process had made durable.
 func TestSIGKILLedWriter(t *testing.T) {
+	dirStoreOnly(t, "its child process opens the directory store")
 	if dir := os.Getenv(crashEnvDir); dir != "" {
 		crashChild(dir)
 		return

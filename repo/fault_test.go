@@ -15,6 +15,7 @@ import (
 // checks: the job fails, the repository verifies clean, earlier restore
 // points read back, and the rerun deduplicates against what was durable.
 func TestWriteFaultAtEachStep(t *testing.T) {
+	dirStoreOnly(t, "it injects faults into the local file system")
 	ctx := context.Background()
 	// Calls of each step per pack (or index file): create 1, write 3
 	// (header, blob, trailer), fsync 1, rename 1, dir fsync 1. Let two
@@ -112,6 +113,7 @@ func TestWriteFaultAtEachStep(t *testing.T) {
 // TestPruneFaultAtEachStep fails prune at each of its file steps and checks
 // the repository stays valid and a second prune completes.
 func TestPruneFaultAtEachStep(t *testing.T) {
+	dirStoreOnly(t, "it injects faults into the local file system")
 	ctx := context.Background()
 	tests := []struct {
 		name   string

@@ -43,6 +43,9 @@ func openRepo(t testing.TB, dir string, opts repo.Options) *repo.Repository {
 	if opts.PackSize == 0 {
 		opts.PackSize = testPackSize
 	}
+	if opts.Store == nil && opts.FS == nil {
+		opts.Store = testStore(t, dir, dir)
+	}
 	r, err := repo.Open(dir, opts)
 	if err != nil {
 		t.Fatalf("open %s: %v", dir, err)

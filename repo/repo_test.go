@@ -228,15 +228,8 @@ func TestSmallFilesArePackedWhole(t *testing.T) {
 	if st.Chunks != 300 || st.Packs > 4 {
 		t.Fatalf("300 small files became %d chunks in %d packs", st.Chunks, st.Packs)
 	}
-	packFiles := 0
-	_ = filepath.Walk(filepath.Join(r.Dir(), "packs"), func(_ string, fi os.FileInfo, _ error) error {
-		if fi != nil && !fi.IsDir() {
-			packFiles++
-		}
-		return nil
-	})
-	if packFiles != st.Packs {
-		t.Fatalf("%d pack files on disk, stats says %d", packFiles, st.Packs)
+	if packFiles := countObjects(t, r, "packs/"); packFiles != st.Packs {
+		t.Fatalf("%d packs in the store, stats says %d", packFiles, st.Packs)
 	}
 }
 
@@ -326,7 +319,11 @@ func TestKeyFile(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v %v", fi, err)
 	}
-	_ = filepath.Walk(dir, func(p string, fi os.FileInfo, _ error) error {
+	stored := dir
+	if onS3() {
+		stored = s3srv.DataDir()
+	}
+	_ = filepath.Walk(stored, func(p string, fi os.FileInfo, _ error) error {
 		if fi != nil && !fi.IsDir() && filepath.Base(p) != "catalog.db" {
 			b, _ := os.ReadFile(p)
 			if bytes.Contains(b, []byte("TOP-SECRET")) {
@@ -358,13 +355,14 @@ func TestKeyFile(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := repo.Open(dir, tc.setup(t))
+			_, err := repo.Open(dir, withStore(t, dir, tc.setup(t)))
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("open: %v, want %v", err, tc.want)
 			}
 		})
 	}
-	if _, err := repo.Open(filepath.Join(t.TempDir(), "nothing"), repo.Options{}); !errors.Is(err, repo.ErrNotFound) {
+	nothing := filepath.Join(t.TempDir(), "nothing")
+	if _, err := repo.Open(nothing, withStore(t, nothing, repo.Options{})); !errors.Is(err, repo.ErrNotFound) {
 		t.Fatalf("open of no repository: %v", err)
 	}
 }
@@ -375,11 +373,8 @@ func TestOpenRefusesOtherFormats(t *testing.T) {
 	dir := t.TempDir()
 	r := openRepo(t, dir, repo.Options{})
 	_ = r.Close()
-	path := filepath.Join(dir, "config")
-	orig, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := r.Store()
+	orig := getObject(t, st, "config")
 	for _, tc := range []struct {
 		name   string
 		change func(cfg map[string]any)
@@ -396,18 +391,14 @@ func TestOpenRefusesOtherFormats(t *testing.T) {
 			}
 			tc.change(cfg)
 			b, _ := json.Marshal(cfg)
-			if err := os.WriteFile(path, b, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := repo.Open(dir, repo.Options{}); !errors.Is(err, repo.ErrCorrupt) {
+			putObject(t, st, "config", b)
+			if _, err := repo.Open(dir, repo.Options{Store: st}); !errors.Is(err, repo.ErrCorrupt) {
 				t.Fatalf("open: %v, want ErrCorrupt", err)
 			}
 		})
 	}
-	if err := os.WriteFile(path, orig, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r = openRepo(t, dir, repo.Options{})
+	putObject(t, st, "config", orig)
+	r = openRepo(t, dir, repo.Options{Store: st})
 	_ = r.Close()
 }
 
@@ -423,10 +414,7 @@ func TestChunkerKeyIsSealed(t *testing.T) {
 			dir := t.TempDir()
 			r := openRepo(t, dir, repo.Options{DisableEncryption: !tc.enc})
 			_ = r.Close()
-			b, err := os.ReadFile(filepath.Join(dir, "config"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			b := getObject(t, r.Store(), "config")
 			var cfg map[string]any
 			if err := json.Unmarshal(b, &cfg); err != nil {
 				t.Fatal(err)
@@ -442,11 +430,11 @@ func TestReadOnlyAndLocked(t *testing.T) {
 	dir := t.TempDir()
 	r := openRepo(t, dir, repo.Options{})
 	rp := commitFiles(t, r, "site:s", "", []file{{id: "a", path: "/a", data: []byte("hello")}})
-	if _, err := repo.Open(dir, repo.Options{}); !errors.Is(err, repo.ErrLocked) {
+	if _, err := repo.Open(dir, repo.Options{Store: r.Store()}); !errors.Is(err, repo.ErrLocked) {
 		t.Fatalf("second writer: %v", err)
 	}
 	_ = r.Close()
-	ro, err := repo.Open(dir, repo.Options{ReadOnly: true})
+	ro, err := repo.Open(dir, repo.Options{ReadOnly: true, Store: r.Store()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,9 +488,8 @@ func TestOpenCompactsManyIndexFiles(t *testing.T) {
 	if st.IndexFiles != 1 || st.Packs != 300 || st.Chunks != 300 {
 		t.Fatalf("after reopen: %+v", st)
 	}
-	entries, _ := os.ReadDir(filepath.Join(dir, "index"))
-	if len(entries) != 1 {
-		t.Fatalf("%d index files on disk", len(entries))
+	if n := countObjects(t, r2, "index/"); n != 1 {
+		t.Fatalf("%d index files in the store", n)
 	}
 	verifyClean(t, r2, false)
 	for _, f := range files[:20] {

@@ -23,8 +23,7 @@ func agents(t *testing.T, n int, leases lease.Manager) []*repo.Repository {
 	out := make([]*repo.Repository, n)
 	for i := range out {
 		local := t.TempDir()
-		st := repo.NewDirStore(shared, nil).WithTempDir(filepath.Join(shared, "tmp-"+filepath.Base(local)))
-		out[i] = openRepo(t, local, repo.Options{Store: st, KeyFile: key, Leases: leases, LeaseTTL: 2 * time.Second})
+		out[i] = openRepo(t, local, repo.Options{Store: testStore(t, shared, local), KeyFile: key, Leases: leases, LeaseTTL: 2 * time.Second})
 	}
 	return out
 }
@@ -346,7 +345,7 @@ func TestForgetAcrossAgents(t *testing.T) {
 	if pr, err = a.Prune(ctx, repo.PruneOptions{}); err != nil || pr.ManifestsRemoved != 1 {
 		t.Fatalf("prune of a forgotten restore point nothing needs: %+v %v", pr, err)
 	}
-	if _, err := os.Stat(filepath.Join(a.Store().String(), "restorepoints", string(lone.ID))); !errors.Is(err, os.ErrNotExist) {
+	if _, err := a.Store().Stat(ctx, "restorepoints/"+string(lone.ID)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("manifest still there: %v", err)
 	}
 	for _, r := range ag {
@@ -367,15 +366,10 @@ func TestDamagedManifestNotImported(t *testing.T) {
 	ag := agents(t, 2, lease.NewLocal("test", time.Now))
 	a, b := ag[0], ag[1]
 	rp := backup(t, a, "s1", []file{{id: "f1", path: "/a", data: textData(1, 100)}})
-	path := filepath.Join(a.Store().String(), "restorepoints", string(rp.ID))
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := "restorepoints/" + string(rp.ID)
+	raw := getObject(t, a.Store(), key)
 	raw[len(raw)/2] ^= 1
-	if err := os.WriteFile(path, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	putObject(t, a.Store(), key, raw)
 	rep, err := b.Sync(ctx)
 	if err != nil || rep.Imported != 0 || rep.Skipped != 1 {
 		t.Fatalf("sync of a damaged manifest: %+v %v", rep, err)
@@ -387,7 +381,7 @@ func TestDamagedManifestNotImported(t *testing.T) {
 	if err != nil || len(v.Problems) != 1 || v.Problems[0].Kind != repo.ProblemManifestDamaged {
 		t.Fatalf("verify of a damaged manifest: %v %v", v.Problems, err)
 	}
-	if err := os.Remove(path); err != nil {
+	if err := a.Store().Remove(ctx, key); err != nil {
 		t.Fatal(err)
 	}
 	v, err = a.Verify(ctx, repo.VerifyOptions{})
