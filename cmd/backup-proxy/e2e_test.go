@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -41,6 +42,10 @@ type e2e struct {
 	// shared budget's Redis (default none).
 	limits      *scheduler.Limits
 	budgetRedis string
+	// repo, when set, is where the repository's objects live; logs, when
+	// set, also receives the agent's log at Warn and above.
+	repo repoConfig
+	logs zapcore.Core
 }
 
 // generous limits keep pacing out of the way: these tests are about content.
@@ -75,9 +80,14 @@ func (e *e2e) start(dataDir string) {
 	if f := e.opts.TimeScale; f > 1 {
 		sc.Clock, sc.HeaderSecond = scheduler.Scaled(scheduler.RealClock{}, f), time.Duration(f*float64(time.Second))
 	}
-	a, err := assemble(zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), agentConfig{
+	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	if e.logs != nil {
+		log = zap.New(zapcore.NewTee(log.Core(), e.logs))
+	}
+	a, err := assemble(log, agentConfig{
 		dataDir: dataDir, graphURL: e.sim.GraphURL(), loginURL: e.sim.LoginURL(), roots: e.sim.CertPool(),
 		maxJobs: 4, maxQueuedJobs: 100, downloadsPerJob: 4, scheduler: sc, budgetRedis: e.budgetRedis,
+		repo: e.repo,
 	})
 	if err != nil {
 		t.Fatal(err)

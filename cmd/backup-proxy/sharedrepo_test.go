@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/backup-proxy/backup-proxy/graphsim"
+	"github.com/backup-proxy/backup-proxy/internal/redisserver"
+	"github.com/backup-proxy/backup-proxy/internal/s3server"
+	"github.com/backup-proxy/backup-proxy/lease"
+	pb "github.com/backup-proxy/backup-proxy/proto/backupproxy/v1"
+	"github.com/backup-proxy/backup-proxy/scheduler/redisbudget"
+)
+
+// s3Env points the agent's S3 credentials at srv.
+func s3Env(srv *s3server.Server) []string {
+	return []string{"AWS_ACCESS_KEY_ID=" + srv.AccessKey(), "AWS_SECRET_ACCESS_KEY=" + srv.SecretKey()}
+}
+
+// The S3 server stops in the middle of a backup, while packs are being
+// uploaded, and comes back: the uploads are retried, the job succeeds with
+// the tenant's exact content and verify is clean.
+func TestS3StoppedMidUpload(t *testing.T) {
+	srv := s3server.ForTest(t)
+	srv.NewBucket(t, "backups")
+	for _, kv := range s3Env(srv) {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	// About 200 MB in files of up to 1 MiB, a few ms a request: several
+	// packs (32 MiB) are uploaded while the job runs, so stopping the
+	// server after the first leaves the job uploads it cannot do without.
+	opts := graphsim.Options{Seed: 31, Users: 1, Sites: -1, FilesPerDrive: 400, Apps: 1, MaxFileSize: 1 << 20,
+		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}, Latency: 5 * time.Millisecond}
+	sim, err := graphsim.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	core, logs := observer.New(zap.WarnLevel)
+	e := &e2e{t: t, sim: sim, opts: opts, logs: core,
+		repo: repoConfig{s3: "s3://backups/agents", endpoint: srv.Endpoint(), plaintext: true, leaseTTL: time.Minute}}
+	if err := e.repo.parse(); err != nil {
+		t.Fatal(err)
+	}
+	e.start(t.TempDir())
+	e.addApps()
+	src := e.sources()[0]
+	req := &pb.SubmitJobRequest{JobId: "s3-1", TenantId: sim.Tenant().ID}
+	src.submit(req)
+	if _, err := e.jobs.SubmitJob(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	// Stop the server once the first pack is in the bucket: the job cannot
+	// finish without uploading more.
+	client, err := srv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "a pack in the bucket", func() bool {
+		n := 0
+		for range client.ListObjectsIter(t.Context(), "backups", minio.ListObjectsOptions{Prefix: "agents/packs/", Recursive: true}) {
+			n++
+		}
+		return n > 0
+	})
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "an upload retried while S3 is down", func() bool {
+		if resp, err := e.jobs.GetJob(t.Context(), &pb.GetJobRequest{JobId: "s3-1"}); err == nil && resp.Job.State != pb.JobState_JOB_STATE_RUNNING {
+			for _, l := range logs.All() {
+				t.Logf("%s %v", l.Message, l.ContextMap())
+			}
+			t.Fatalf("job ended while S3 was down: %v", resp.Job)
+		}
+		for _, e := range logs.FilterMessage("s3 request failed, retrying").All() {
+			if e.ContextMap()["op"] == "put" {
+				return true
+			}
+		}
+		return false
+	})
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	final := e.wait("s3-1")
+	if final.State != pb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("after the S3 restart: %v", final)
+	}
+	e.checkAgainstTenant(final.RestorePointId, src.drives, true)
+	verify, err := e.catalog.VerifyRepository(t.Context(), &pb.VerifyRepositoryRequest{ReadData: true})
+	if err != nil || len(verify.Errors) != 0 {
+		t.Fatalf("verify after the S3 restart: %v, %v", verify, err)
+	}
+	t.Logf("%d s3 retries logged", logs.FilterMessage("s3 request failed, retrying").Len())
+}
+
+// An agent is SIGKILLed in the middle of a backup while it holds the
+// source's lease. The same job given to a second agent waits for the lease
+// to expire and completes there; the first
+// agent, restarted, resumes its job on top of the second's restore point.
+// Both restore points hold exactly the tenant's files, and both agents
+// verify clean.
+func TestAgentKilledHoldingLease(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts agent processes")
+	}
+	rs := redisserver.ForTest(t)
+	srv := s3server.ForTest(t)
+	srv.NewBucket(t, "backups")
+	sim, err := graphsim.New(graphsim.Options{
+		Seed: 22, Users: 1, Sites: -1, FilesPerDrive: 400, Apps: 1, MaxFileSize: 256 << 10,
+		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1},
+		Latency: 5 * time.Millisecond, // long enough a job to kill it in the middle
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, sim.CACertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := func(data string) []string {
+		return []string{"serve", "--data", filepath.Join(dir, data), "--listen", "127.0.0.1:0",
+			"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", caFile,
+			"--licenses", "100000", "--downloads-per-job", "2", "--rpc-rate", "0",
+			"--repo-s3", "s3://backups/shared", "--repo-s3-endpoint", srv.Endpoint(), "--repo-s3-plaintext",
+			"--repo-key-file", filepath.Join(dir, "repo.key"), "--lease-redis", rs.URL(), "--repo-lease-ttl", "3s"}
+	}
+	start := func(data string) (*agentProcess, *e2e) {
+		p, err := startAgentProcess(os.Args[0], append(s3Env(srv), childArgs+"="+string(must(json.Marshal(args(data))))), "-test.run=^$")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.stop)
+		conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		e := &e2e{t: t, sim: sim, conn: conn, pool: pb.NewPoolServiceClient(conn), jobs: pb.NewJobServiceClient(conn), catalog: pb.NewCatalogServiceClient(conn)}
+		return p, e
+	}
+	a, ea := start("a")
+	ea.addApps()
+	src := ea.sources()[0]
+	submit := func(e *e2e, id string) {
+		req := &pb.SubmitJobRequest{JobId: id, TenantId: sim.Tenant().ID}
+		src.submit(req)
+		if _, err := e.jobs.SubmitJob(t.Context(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	submit(ea, "job-a")
+	waitFor(t, 60*time.Second, "progress on agent a", func() bool {
+		resp, err := ea.jobs.GetJob(t.Context(), &pb.GetJobRequest{JobId: "job-a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Job.State != pb.JobState_JOB_STATE_RUNNING && resp.Job.State != pb.JobState_JOB_STATE_QUEUED {
+			t.Fatalf("the job ended before the kill: %v", resp.Job)
+		}
+		return resp.Job.Progress.ItemsBackedUp >= 120
+	})
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd.Wait()
+	killed := time.Now()
+	// The dead agent's lease on the source is still there: b must wait it out.
+	rc, err := redisbudget.Client(rs.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	held, err := lease.NewRedis(rc, "", "test", zap.NewNop()).Held(t.Context(), "source/")
+	if err != nil || len(held) != 1 {
+		t.Fatalf("source leases after the kill: %v, %v; want the dead agent's", held, err)
+	}
+	t.Logf("the dead agent's lease: %s held by %s for another %s", held[0].Name, held[0].Owner, held[0].Remaining)
+
+	_, eb := start("b")
+	eb.addApps()
+	submit(eb, "job-b")
+	jb := eb.wait("job-b")
+	if jb.State != pb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("agent b: %v", jb)
+	}
+	t.Logf("agent b finished %.1fs after the kill (lease ttl 3s)", time.Since(killed).Seconds())
+	eb.checkAgainstTenant(jb.RestorePointId, src.drives, true)
+
+	// Agent a comes back and resumes its job: incremental on b's.
+	_, ea = start("a")
+	ja := ea.wait("job-a")
+	if ja.State != pb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("agent a after restart: %v", ja)
+	}
+	ea.checkAgainstTenant(ja.RestorePointId, src.drives, true)
+	rps, err := ea.catalog.ListRestorePoints(t.Context(), &pb.ListRestorePointsRequest{TenantId: sim.Tenant().ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{} // id → base
+	for _, rp := range rps.RestorePoints {
+		got[rp.RestorePointId] = rp.BaseRestorePointId
+	}
+	if base, ok := got[ja.RestorePointId]; len(got) != 2 || !ok || base != jb.RestorePointId || got[jb.RestorePointId] != "" {
+		t.Fatalf("restore points on agent a: %v; want b's full %s and a's %s based on it", rps.RestorePoints, jb.RestorePointId, ja.RestorePointId)
+	}
+	for name, e := range map[string]*e2e{"a": ea, "b": eb} {
+		verify, err := e.catalog.VerifyRepository(t.Context(), &pb.VerifyRepositoryRequest{ReadData: true})
+		if err != nil || len(verify.Errors) != 0 {
+			t.Fatalf("verify on agent %s: %v, %v", name, verify, err)
+		}
+	}
+}
+
+// waitFor polls cond (a real process or server: there is no clock to
+// inject) until it holds, failing t after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
