@@ -52,16 +52,17 @@ type agentConfig struct {
 
 // assembled is a running agent's parts.
 type assembled struct {
-	log     *zap.Logger
-	pool    *pool.Pool
-	repo    *repo.Repository
-	tenants *backup.Tenants
-	jobs    *jobs.Manager
-	server  *agent.Server
-	metrics *prometheus.Registry // served by serve --metrics-listen
-	redis   *redis.Client        // the shared budget's, if any
-	leases  *redis.Client        // the repository's leases', if any
-	shared  *sharedHealth
+	log      *zap.Logger
+	pool     *pool.Pool
+	repo     *repo.Repository
+	tenants  *backup.Tenants
+	jobs     *jobs.Manager
+	server   *agent.Server
+	metrics  *prometheus.Registry // served by serve --metrics-listen
+	redis    *redis.Client        // the shared budget's, if any
+	leases   *redis.Client        // the repository's leases', if any
+	stopSync func()               // stops the repository's periodic Sync, if any
+	shared   *sharedHealth
 }
 
 // sharedHealth folds the tenants' shared-budget states into the health
@@ -126,6 +127,9 @@ func assemble(log *zap.Logger, cfg agentConfig) (*assembled, error) {
 	a.repo, a.leases, err = openRepository(context.Background(), log, filepath.Join(cfg.dataDir, "repository"), cfg.repo, cfg.leaseRedis)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.repo.s3 != "" && cfg.repo.syncInterval > 0 {
+		a.stopSync = syncPeriodically(log, a.repo, cfg.repo.syncInterval)
 	}
 	tc := backup.TenantsConfig{GraphURL: cfg.graphURL, Transport: transport, Scheduler: cfg.scheduler}
 	if cfg.budgetRedis != "" {
@@ -196,6 +200,9 @@ func (a *assembled) close(ctx context.Context) error {
 	}
 	if a.redis != nil {
 		errs = append(errs, a.redis.Close())
+	}
+	if a.stopSync != nil {
+		a.stopSync()
 	}
 	if a.repo != nil {
 		errs = append(errs, a.repo.Close())

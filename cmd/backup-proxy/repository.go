@@ -27,6 +27,9 @@ type repoConfig struct {
 	plaintext bool
 	keyFile   string
 	leaseTTL  time.Duration
+	// syncInterval: how often restore points other agents wrote or forgot
+	// are brought into the catalogue (jobs do it anyway when they start).
+	syncInterval time.Duration
 
 	bucket, prefix string // parsed from s3
 }
@@ -34,6 +37,9 @@ type repoConfig struct {
 func (c *repoConfig) parse() error {
 	if c.leaseTTL < time.Second {
 		return fmt.Errorf("--repo-lease-ttl: must be at least 1s, got %s", c.leaseTTL)
+	}
+	if c.syncInterval < 0 {
+		return fmt.Errorf("--repo-sync-interval: must not be negative, got %s", c.syncInterval)
 	}
 	if c.s3 == "" {
 		return nil
@@ -112,4 +118,33 @@ func closeRedis(c *redis.Client) {
 	if c != nil {
 		_ = c.Close()
 	}
+}
+
+// syncPeriodically runs r.Sync every interval until the returned stop is
+// called, so that the catalogue lists what other agents committed.
+func syncPeriodically(log *zap.Logger, r *repo.Repository, interval time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			rep, err := r.Sync(ctx)
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err != nil:
+				log.Warn("repository sync", zap.Error(err))
+			case rep.Imported+rep.Dropped+rep.Skipped > 0:
+				log.Info("repository synced", zap.Int("imported", rep.Imported), zap.Int("dropped", rep.Dropped), zap.Int("skipped", rep.Skipped))
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }

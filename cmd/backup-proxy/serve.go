@@ -110,6 +110,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.StringVar(&cfg.repo.caFile, "repo-s3-ca", "", "PEM file of extra CA certificates to trust for the S3 endpoint")
 	fs.BoolVar(&cfg.repo.plaintext, "repo-s3-plaintext", false, "talk to the S3 endpoint over plain HTTP (only for a loopback test server: credentials and data would cross the network in clear)")
 	fs.StringVar(&cfg.repo.keyFile, "repo-key-file", "", "the repository's key file (default <data>/repository/key); agents sharing a repository need the same key")
+	fs.DurationVar(&cfg.repo.syncInterval, "repo-sync-interval", time.Minute, "with --repo-s3: how often restore points other agents committed or forgot are brought into this agent's catalogue (a job does it when it starts; 0: only then)")
 	fs.DurationVar(&cfg.repo.leaseTTL, "repo-lease-ttl", time.Minute, "how long a source stays locked after its agent dies (leases are renewed every third of it)")
 	fs.Float64Var(&cfg.simTimeScale, "sim-time-scale", 1, "for benchmarks against graphsim only: its TimeScale (simulated seconds per real second); 1 against Microsoft")
 	if err := fs.Parse(args); err != nil {

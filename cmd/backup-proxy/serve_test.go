@@ -32,6 +32,8 @@ func TestParseServeFlagsRejectsBadInput(t *testing.T) {
 	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
 	tests := []struct {
 		name    string
 		args    []string
@@ -55,6 +57,14 @@ func TestParseServeFlagsRejectsBadInput(t *testing.T) {
 		{"budget redis not a url", []string{"--budget-redis", "localhost:6379"}, "--budget-redis"},
 		{"budget redis other scheme", []string{"--budget-redis", "http://localhost:6379"}, "--budget-redis"},
 		{"budget redis bad db", []string{"--budget-redis", "redis://localhost:6379/x"}, "--budget-redis"},
+		{"lease redis not a url", []string{"--lease-redis", "localhost:6379"}, "--lease-redis"},
+		{"repo s3 not a url", []string{"--repo-s3", "backups"}, "--repo-s3"},
+		{"repo s3 other scheme", []string{"--repo-s3", "https://backups/x"}, "--repo-s3"},
+		{"repo s3 with credentials", []string{"--repo-s3", "s3://key:secret@backups"}, "--repo-s3"},
+		{"repo s3 without credentials", []string{"--repo-s3", "s3://backups/agents"}, "AWS_ACCESS_KEY_ID"},
+		{"repo s3 endpoint url", []string{"--repo-s3", "s3://backups", "--repo-s3-endpoint", "https://s3.example.com/"}, "--repo-s3-endpoint"},
+		{"repo lease ttl", []string{"--repo-lease-ttl", "10ms"}, "--repo-lease-ttl"},
+		{"repo sync interval", []string{"--repo-sync-interval", "-1s"}, "--repo-sync-interval"},
 		{"fallback share zero", []string{"--budget-fallback-share", "0"}, "--budget-fallback-share"},
 		{"fallback share above one", []string{"--budget-fallback-share", "1.5"}, "--budget-fallback-share"},
 		{"sim time scale", []string{"--sim-time-scale", "0.5"}, "--sim-time-scale"},
