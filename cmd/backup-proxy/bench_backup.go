@@ -250,7 +250,8 @@ func runBenchMemory(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 
 		line, _ := json.Marshal(map[string]any{"items": m.items, "wall_seconds": round(m.wall, 1), "peak_rss_mib": mib(m.peak),
-			"end_rss_anon_mib": mib(m.anon), "end_rss_file_mib": mib(m.file)})
+			"end_rss_anon_mib": mib(m.anon), "end_rss_file_mib": mib(m.file),
+			"max_rss_anon_mib": mib(m.maxAnon), "max_rss_file_mib": mib(m.maxFile)})
 		fmt.Fprintln(stdout, string(line))
 	}
 	return exitOK
@@ -260,6 +261,10 @@ type memoryResult struct {
 	items            int64
 	wall             float64
 	peak, anon, file int64
+	// maxAnon and maxFile are the largest anonymous and file-backed
+	// (mapped catalogue) parts seen, sampled every 50 ms: which one the
+	// peak is made of.
+	maxAnon, maxFile int64
 }
 
 func benchMemory(ctx context.Context, items int) (res memoryResult, err error) {
@@ -282,7 +287,26 @@ func benchMemory(ctx context.Context, items int) (res memoryResult, err error) {
 	}
 	defer conn.Close()
 	start := time.Now()
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if _, anon, file, err := p.memory(); err == nil {
+				res.maxAnon, res.maxFile = max(res.maxAnon, anon), max(res.maxFile, file)
+			}
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	jobs, err := runAllSources(ctx, pb.NewJobServiceClient(conn), sim, "memory")
+	close(stop)
+	<-sampled
 	if err != nil {
 		return res, err
 	}
