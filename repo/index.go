@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 
+	"go.uber.org/zap"
+
 	"github.com/backup-proxy/backup-proxy/repo/catalog"
 )
 
@@ -111,14 +113,14 @@ type packMeta struct {
 type memIndex struct {
 	packs    []packMeta
 	packSlot map[PackID]uint32
-	chunks   map[ChunkID]location
+	chunks   *chunkIndex
 	files    map[string][]PackID // index file name → packs it lists
 	stored   int64               // sum of stored blob lengths (canonical copies)
 	raw      int64
 }
 
-func newMemIndex() *memIndex {
-	return &memIndex{packSlot: map[PackID]uint32{}, chunks: map[ChunkID]location{}, files: map[string][]PackID{}}
+func newMemIndex(log *zap.Logger, tmpDir string) *memIndex {
+	return &memIndex{packSlot: map[PackID]uint32{}, chunks: newChunkIndex(log, tmpDir), files: map[string][]PackID{}}
 }
 
 func (m *memIndex) addPack(p indexedPack) {
@@ -129,10 +131,10 @@ func (m *memIndex) addPack(p indexedPack) {
 		m.packSlot[p.id] = slot
 	}
 	for _, e := range p.entries {
-		if _, dup := m.chunks[e.id]; dup {
+		if _, dup := m.chunks.get(e.id); dup {
 			continue
 		}
-		m.chunks[e.id] = location{pack: slot, offset: e.offset, length: e.length, raw: e.raw, flags: e.flags}
+		m.chunks.put(e.id, location{pack: slot, offset: e.offset, length: e.length, raw: e.raw, flags: e.flags})
 		m.stored += int64(e.length)
 		m.raw += int64(e.raw)
 	}
@@ -149,10 +151,10 @@ func (m *memIndex) addFile(name string, packs []indexedPack) {
 
 // removeChunk drops a chunk so that no writer deduplicates against it.
 func (m *memIndex) removeChunk(id ChunkID) {
-	if loc, ok := m.chunks[id]; ok {
+	if loc, ok := m.chunks.get(id); ok {
 		m.stored -= int64(loc.length)
 		m.raw -= int64(loc.raw)
-		delete(m.chunks, id)
+		m.chunks.delete(id)
 	}
 }
 

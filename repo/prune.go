@@ -244,7 +244,7 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport,
 		}
 		keep := indexedPack{id: id, size: ip.size}
 		for _, e := range ip.entries {
-			if loc, ok := r.idx.chunks[e.id]; ok && loc.pack == slot && loc.offset == e.offset {
+			if loc, ok := r.idx.chunks.get(e.id); ok && loc.pack == slot && loc.offset == e.offset {
 				keep.entries = append(keep.entries, e)
 			}
 		}
@@ -369,12 +369,12 @@ func (r *Repository) planPrune(referenced map[catalog.ChunkID]struct{}, files []
 		}
 	}
 	var dead []ChunkID
-	for id, loc := range r.idx.chunks {
-		if _, ok := referenced[id]; ok || r.protected(id, loc) {
-			continue
+	r.idx.chunks.each(func(id ChunkID, loc location) bool {
+		if _, ok := referenced[id]; !ok && !r.protected(id, loc) {
+			dead = append(dead, id)
 		}
-		dead = append(dead, id)
-	}
+		return true
+	})
 	plan.chunksRemoved = int64(len(dead))
 	deadSet := make(map[ChunkID]bool, len(dead))
 	for _, id := range dead {
@@ -384,7 +384,7 @@ func (r *Repository) planPrune(referenced map[catalog.ChunkID]struct{}, files []
 		slot := r.idx.packSlot[id]
 		var liveBytes int64
 		for _, e := range ip.entries {
-			loc, ok := r.idx.chunks[e.id]
+			loc, ok := r.idx.chunks.get(e.id)
 			if ok && loc.pack == slot && loc.offset == e.offset && !deadSet[e.id] {
 				liveBytes += int64(e.length)
 			}
@@ -457,7 +457,7 @@ func (r *Repository) repack(ctx context.Context, ids []PackID, diskPacks map[Pac
 		slot := r.idx.packSlot[id]
 		var keep []blobEntry
 		for _, e := range diskPacks[id].entries {
-			if loc, ok := r.idx.chunks[e.id]; ok && loc.pack == slot && loc.offset == e.offset {
+			if loc, ok := r.idx.chunks.get(e.id); ok && loc.pack == slot && loc.offset == e.offset {
 				keep = append(keep, e)
 			}
 		}
@@ -516,13 +516,13 @@ func (r *Repository) finishPackReplacing(pw *packWriter) (indexedPack, error) {
 	slot := r.idx.packSlot[id]
 	from := map[uint32]struct{}{}
 	for _, e := range pw.entries {
-		old, ok := r.idx.chunks[e.id]
+		old, ok := r.idx.chunks.get(e.id)
 		if ok {
 			r.idx.stored -= int64(old.length)
 			r.idx.raw -= int64(old.raw)
 			from[old.pack] = struct{}{}
 		}
-		r.idx.chunks[e.id] = location{pack: slot, offset: e.offset, length: e.length, raw: e.raw, flags: e.flags}
+		r.idx.chunks.put(e.id, location{pack: slot, offset: e.offset, length: e.length, raw: e.raw, flags: e.flags})
 		r.idx.stored += int64(e.length)
 		r.idx.raw += int64(e.raw)
 	}

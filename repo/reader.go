@@ -219,7 +219,7 @@ func (p *packFile) close() {
 func (r *Repository) locate(id ChunkID) (location, PackID, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	loc, ok := r.idx.chunks[id]
+	loc, ok := r.idx.chunks.get(id)
 	if !ok {
 		return location{}, PackID{}, false
 	}

@@ -120,7 +120,7 @@ func Open(dir string, opts Options) (*Repository, error) {
 	}
 	r := &Repository{
 		dir: dir, opts: opts, fsys: opts.FS, store: st, log: opts.Logger.Named("repo"),
-		idx: newMemIndex(), sessions: map[*Session]struct{}{}, inflight: map[PackID]struct{}{},
+		idx: newMemIndex(opts.Logger, st.TempDir()), sessions: map[*Session]struct{}{}, inflight: map[PackID]struct{}{},
 		held: map[string]int{}, publishing: map[RestorePointID]struct{}{},
 		slots: make(chan *slotBufs, opts.Workers+2), scanners: make(chan *scanner, opts.Workers),
 	}
@@ -303,7 +303,7 @@ func (r *Repository) loadIndex(ctx context.Context) ([]indexProblem, error) {
 	if err != nil {
 		return nil, err
 	}
-	idx := newMemIndex()
+	idx := newMemIndex(r.log, r.indexDir())
 	var problems []indexProblem
 	all := map[PackID]indexedPack{}
 	for _, name := range names {
@@ -324,8 +324,10 @@ func (r *Repository) loadIndex(ctx context.Context) ([]indexProblem, error) {
 		}
 	}
 	r.mu.Lock()
+	old := r.idx
 	r.idx = idx
 	r.mu.Unlock()
+	old.chunks.close()
 	if !r.opts.ReadOnly && len(problems) == 0 && len(idx.files) > compactIndexFiles {
 		if err := r.compactIndex(all); err != nil {
 			// Not fatal: the individual files are still valid.
@@ -371,6 +373,15 @@ func (r *Repository) compactIndex(all map[PackID]indexedPack) error {
 	}
 	r.idx.files[name] = ids
 	return r.store.Remove(ctx, old...)
+}
+
+// indexDir is where the chunk index keeps its run: the temp directory,
+// which a read-only open does not create (the catalogue's directory then).
+func (r *Repository) indexDir() string {
+	if r.opts.ReadOnly {
+		return r.dir
+	}
+	return r.store.TempDir()
 }
 
 // listIndex returns the names of the index files in the store.
@@ -430,6 +441,9 @@ func (r *Repository) Close() error {
 		_ = r.enc.Close()
 	}
 	r.dec.Close()
+	r.mu.Lock()
+	r.idx.chunks.close()
+	r.mu.Unlock()
 	return r.cat.Close()
 }
 
@@ -458,7 +472,7 @@ func (r *Repository) Stats(ctx context.Context) (Stats, error) {
 		return Stats{}, err
 	}
 	r.mu.Lock()
-	st := Stats{Packs: r.idx.livePacks(), IndexFiles: len(r.idx.files), Chunks: int64(len(r.idx.chunks)), RawBytes: r.idx.raw, StoredBytes: r.idx.stored}
+	st := Stats{Packs: r.idx.livePacks(), IndexFiles: len(r.idx.files), Chunks: int64(r.idx.chunks.len()), RawBytes: r.idx.raw, StoredBytes: r.idx.stored}
 	for _, p := range r.idx.packs {
 		if p.live {
 			st.BytesOnDisk += p.size

@@ -348,7 +348,7 @@ func (s *Session) claim(id ChunkID) bool {
 	if _, ok := s.prot.pending[id]; ok {
 		return true
 	}
-	if loc, ok := r.idx.chunks[id]; ok {
+	if loc, ok := r.idx.chunks.get(id); ok {
 		s.prot.packs[loc.pack] = struct{}{}
 		return true
 	}
@@ -477,7 +477,7 @@ func (s *Session) protect(chunks []ChunkID) error {
 		if _, ok := s.prot.pending[c]; ok {
 			continue
 		}
-		loc, ok := r.idx.chunks[c]
+		loc, ok := r.idx.chunks.get(c)
 		if !ok {
 			return fmt.Errorf("chunk %s is not stored: %w", c, ErrInvalidArgument)
 		}

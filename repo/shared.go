@@ -463,10 +463,15 @@ func (r *Repository) refreshIndex(ctx context.Context) error {
 			}
 			delete(r.idx.files, name)
 		}
-		for id, loc := range r.idx.chunks {
+		var drop []ChunkID
+		r.idx.chunks.each(func(id ChunkID, loc location) bool {
 			if dead[loc.pack] {
-				r.idx.removeChunk(id)
+				drop = append(drop, id)
 			}
+			return true
+		})
+		for _, id := range drop {
+			r.idx.removeChunk(id)
 		}
 		r.log.Info("index files removed by another agent", zap.Int("files", len(gone)), zap.Int("packs_dropped", len(dead)))
 	}
