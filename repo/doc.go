@@ -35,6 +35,9 @@
 //     pack trailers by theirs, and every chunk authenticates and hashes to
 //     its id. Transient read errors are retried, never reported as corruption.
 //   - Many small files do not become many files: packs are tens of MiB.
+//   - Memory does not grow with the repository: the chunk index is a
+//     sorted run in a local temp file behind a Bloom filter (chunkindex.go),
+//     the catalogue a bbolt file whose mapped pages are dropped as it goes.
 //
 // # Layout
 //

@@ -107,9 +107,10 @@ type packMeta struct {
 	live bool
 }
 
-// memIndex is the in-memory chunk index loaded from the index files. It
-// holds one location per chunk (duplicates, written by concurrent writers,
-// are counted as dead space by prune). Callers lock Repository.mu.
+// memIndex is the process's index of the index files: packs in memory,
+// chunks in a chunkIndex (mostly in a local temp file). It holds one
+// location per chunk (duplicates, written by concurrent writers, are
+// counted as dead space by prune). Callers lock Repository.mu.
 type memIndex struct {
 	packs    []packMeta
 	packSlot map[PackID]uint32

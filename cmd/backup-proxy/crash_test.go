@@ -55,6 +55,17 @@ func startChild(t *testing.T, args ...string) (*exec.Cmd, string) {
 	return p.cmd, p.addr
 }
 
+// dialChild connects to an agent process serving sim's tenant.
+func dialChild(t *testing.T, sim *graphsim.Server, addr string) *e2e {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &e2e{t: t, sim: sim, conn: conn, pool: pb.NewPoolServiceClient(conn), jobs: pb.NewJobServiceClient(conn), catalog: pb.NewCatalogServiceClient(conn)}
+}
+
 // TestAgentKilledMidJobResumes SIGKILLs a real agent process in the middle
 // of a backup, starts it again on the same data directory and expects the
 // job to finish with exactly the tenant's content, once, and a clean verify.
@@ -82,16 +93,7 @@ func TestAgentKilledMidJobResumes(t *testing.T) {
 		"--licenses", "100000", "--downloads-per-job", "2", "--rpc-rate", "0"}
 
 	child, addr := startChild(t, args...)
-	e := &e2e{t: t, sim: sim}
-	connect := func(addr string) {
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		e.conn, e.pool, e.jobs, e.catalog = conn, pb.NewPoolServiceClient(conn), pb.NewJobServiceClient(conn), pb.NewCatalogServiceClient(conn)
-	}
-	connect(addr)
+	e := dialChild(t, sim, addr)
 	e.addApps()
 	src := e.sources()[0]
 	req := &pb.SubmitJobRequest{JobId: "crash-1", TenantId: sim.Tenant().ID}
@@ -123,7 +125,7 @@ func TestAgentKilledMidJobResumes(t *testing.T) {
 	child.Wait()
 
 	_, addr = startChild(t, args...)
-	connect(addr)
+	e = dialChild(t, sim, addr)
 	final := e.wait("crash-1")
 	if final.State != pb.JobState_JOB_STATE_SUCCEEDED {
 		t.Fatalf("after restart: %v", final)

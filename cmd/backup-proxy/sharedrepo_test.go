@@ -13,8 +13,6 @@ import (
 	"github.com/minio/minio-go/v7"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/backup-proxy/backup-proxy/graphsim"
 	"github.com/backup-proxy/backup-proxy/internal/redisserver"
@@ -148,13 +146,7 @@ func TestAgentKilledHoldingLease(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(p.stop)
-		conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		e := &e2e{t: t, sim: sim, conn: conn, pool: pb.NewPoolServiceClient(conn), jobs: pb.NewJobServiceClient(conn), catalog: pb.NewCatalogServiceClient(conn)}
-		return p, e
+		return p, dialChild(t, sim, p.addr)
 	}
 	a, ea := start("a")
 	ea.addApps()

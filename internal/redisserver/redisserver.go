@@ -12,7 +12,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
-	"time"
+
+	"github.com/backup-proxy/backup-proxy/internal/serverproc"
 )
 
 // ErrNotInstalled: redis-server is not on PATH.
@@ -22,8 +23,7 @@ var ErrNotInstalled = errors.New("redis-server is not installed (Debian: apt-get
 type Server struct {
 	dir  string
 	port int
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc *serverproc.Proc // nil while stopped
 }
 
 // Start starts redis-server on a free loopback port, its files in dir.
@@ -50,52 +50,25 @@ func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
 // Start (re)starts the server on its port and waits until it accepts
 // connections.
 func (s *Server) Start() error {
-	if s.cmd != nil {
+	if s.proc != nil {
 		return errors.New("redisserver: already running")
-	}
-	log, err := os.Create(filepath.Join(s.dir, fmt.Sprintf("redis-%d.log", s.port)))
-	if err != nil {
-		return err
 	}
 	cmd := exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir, "--daemonize", "no")
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return fmt.Errorf("start redis-server: %w", err)
+	p, err := serverproc.Start(cmd, filepath.Join(s.dir, fmt.Sprintf("redis-%d.log", s.port)), s.Addr())
+	if err != nil {
+		return err
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); log.Close(); close(done) }()
-	s.cmd, s.done = cmd, done
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", s.Addr(), 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-done:
-			s.cmd = nil
-			return fmt.Errorf("redis-server exited at start; see %s", log.Name())
-		default:
-		}
-		if time.Now().After(deadline) {
-			_ = s.Stop()
-			return fmt.Errorf("redis-server did not listen on %s within 10 s", s.Addr())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.proc = p
+	return nil
 }
 
 // Stop kills the server (as a crash would) and waits for it to exit.
 func (s *Server) Stop() error {
-	if s.cmd == nil {
-		return nil
+	if s.proc != nil {
+		s.proc.Stop()
+		s.proc = nil
 	}
-	_ = s.cmd.Process.Kill()
-	<-s.done
-	s.cmd = nil
 	return nil
 }
 

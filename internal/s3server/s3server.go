@@ -21,6 +21,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/backup-proxy/backup-proxy/internal/serverproc"
 )
 
 // ErrNotInstalled: versitygw is not on PATH.
@@ -32,8 +34,7 @@ type Server struct {
 	data           string // the POSIX backend's root: a directory per bucket
 	port           int
 	access, secret string
-	cmd            *exec.Cmd
-	done           chan struct{}
+	proc           *serverproc.Proc // nil while stopped
 }
 
 // Start starts versitygw on a free loopback port, its files in dir.
@@ -77,13 +78,8 @@ func (s *Server) DataDir() string { return s.data }
 // accepts connections. The log (request lines, errors) is appended to
 // versitygw-<port>.log in the directory.
 func (s *Server) Start() error {
-	if s.cmd != nil {
+	if s.proc != nil {
 		return errors.New("s3server: already running")
-	}
-	log, err := os.OpenFile(filepath.Join(s.dir, fmt.Sprintf("versitygw-%d.log", s.port)),
-		os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
 	}
 	cmd := exec.Command("versitygw", "--port", s.Endpoint(), "posix", s.data)
 	// The keys go in the environment, not on the command line (ps shows
@@ -96,43 +92,20 @@ func (s *Server) Start() error {
 		}
 	}
 	cmd.Env = append(cmd.Env, "ROOT_ACCESS_KEY="+s.access, "ROOT_SECRET_KEY="+s.secret)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return fmt.Errorf("start versitygw: %w", err)
+	p, err := serverproc.Start(cmd, filepath.Join(s.dir, fmt.Sprintf("versitygw-%d.log", s.port)), s.Endpoint())
+	if err != nil {
+		return err
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); log.Close(); close(done) }()
-	s.cmd, s.done = cmd, done
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", s.Endpoint(), 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-done:
-			s.cmd = nil
-			return fmt.Errorf("versitygw exited at start; see %s", log.Name())
-		default:
-		}
-		if time.Now().After(deadline) {
-			_ = s.Stop()
-			return fmt.Errorf("versitygw did not listen on %s within 10 s; see %s", s.Endpoint(), log.Name())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.proc = p
+	return nil
 }
 
 // Stop kills the server (as a crash would) and waits for it to exit.
 func (s *Server) Stop() error {
-	if s.cmd == nil {
-		return nil
+	if s.proc != nil {
+		s.proc.Stop()
+		s.proc = nil
 	}
-	_ = s.cmd.Process.Kill()
-	<-s.done
-	s.cmd = nil
 	return nil
 }
 
