@@ -40,9 +40,13 @@ const (
 	defaultLeaseTTL   = time.Minute
 )
 
-// ErrBusy: another agent holds what the operation needs (a prune while
-// others write, or a source another agent is backing up).
-var ErrBusy = errors.New("busy: another agent holds the lease")
+var (
+	// ErrBusy: another agent holds what the operation needs (a prune while
+	// others write, or a source another agent is backing up).
+	ErrBusy = errors.New("busy: another agent holds the lease")
+	// ErrLeaseLost: a session's source lease was lost before it committed.
+	ErrLeaseLost = lease.ErrLost
+)
 
 func sourceLeaseName(tenant, source string) string {
 	sum := sha256.Sum256([]byte(tenant + "\x00" + source))

@@ -84,25 +84,55 @@ func (e *Engine) Run(ctx context.Context, spec jobs.Spec, t *jobs.Tracker) (jobs
 		e.clients.ForgetJob(spec.TenantID, spec.ID)
 	}()
 	source := SourceKey(spec.Source)
+	for try := 1; ; try++ {
+		res, err := e.leased(ctx, log, spec, t, client, source)
+		if !errors.Is(err, errLeaseLost) || ctx.Err() != nil || try == maxLeaseTries {
+			return res, err
+		}
+		// Redis restarted (losing the lease) or this agent stalled past
+		// it: nothing was committed. Take the lease again (after whoever
+		// has it now) and start over from the newest restore point; the
+		// chunks stored so far are reused.
+		log.Warn("lost the source's lease; taking it again and starting over", zap.Int("try", try))
+	}
+}
 
-	// One writer per source, across every agent sharing the repository;
-	// this also brings the catalogue up to date with what others wrote.
+// errLeaseLost ends a job attempt whose source lease was lost.
+var errLeaseLost = fmt.Errorf("source lease lost: %w", repo.ErrBusy)
+
+// maxLeaseTries bounds how often a job starts over after losing its lease.
+const maxLeaseTries = 3
+
+// leased runs the job under the source's lease: one writer per source,
+// across every agent sharing the repository. Taking the lease also brings
+// the catalogue up to date with what the others wrote.
+func (e *Engine) leased(ctx context.Context, log *zap.Logger, spec jobs.Spec, t *jobs.Tracker, client *graph.Client, source string) (jobs.Result, error) {
 	lease, err := e.repo.AcquireSource(ctx, spec.TenantID, source)
 	if err != nil {
 		return jobs.Result{}, err
 	}
 	defer lease.Release()
-	ctx, stopLease := context.WithCancelCause(ctx)
+	lctx, stopLease := context.WithCancelCause(ctx)
 	defer stopLease(nil)
 	go func() {
 		select {
 		case <-lease.Lost():
-			log.Error("lost the source's lease; the job stops without committing")
-			stopLease(fmt.Errorf("source lease lost: %w", repo.ErrBusy))
-		case <-ctx.Done():
+			log.Error("lost the source's lease; the attempt stops without committing")
+			stopLease(errLeaseLost)
+		case <-lctx.Done():
 		}
 	}()
+	res, err := e.run(lctx, log, spec, t, client, lease, source)
+	if err != nil && !errors.Is(err, errLeaseLost) && (errors.Is(context.Cause(lctx), errLeaseLost) || errors.Is(err, repo.ErrLeaseLost)) {
+		return res, fmt.Errorf("%w (%v)", errLeaseLost, err)
+	}
+	return res, err
+}
 
+// run resolves the source's drives and makes its restore point.
+func (e *Engine) run(ctx context.Context, log *zap.Logger, spec jobs.Spec, t *jobs.Tracker, client *graph.Client,
+	lease *repo.SourceLease, source string) (jobs.Result, error) {
+	var err error
 	var (
 		drives []graph.Drive
 		site   graph.Site

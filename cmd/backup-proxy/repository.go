@@ -68,7 +68,9 @@ func (c *repoConfig) parse() error {
 func openRepository(ctx context.Context, log *zap.Logger, dir string, c repoConfig, leaseRedis string) (*repo.Repository, *redis.Client, error) {
 	opts := repo.Options{Logger: log.Named("repo"), KeyFile: c.keyFile, LeaseTTL: c.leaseTTL}
 	var rc *redis.Client
-	if leaseRedis != "" {
+	// A directory repository has one agent: its leases stay in process,
+	// and a Redis outage cannot stop its jobs.
+	if leaseRedis != "" && c.s3 != "" {
 		var err error
 		if rc, err = redisbudget.Client(leaseRedis); err != nil {
 			return nil, nil, fmt.Errorf("lease Redis: %w", err)

@@ -103,7 +103,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.BoolVar(&cfg.insecureOnNetwork, "insecure-plaintext-on-network", false, "allow a non-loopback --listen without TLS: anyone who reaches the port controls the agent and reads its backups")
 	fs.StringVar(&cfg.budgetRedis, "budget-redis", "", "redis://host:port/db of a Redis shared by all agents backing up the same tenants: together they keep to one tenant share and one set of app limits and honour each other's throttles; empty: this agent alone")
 	fs.Float64Var(&cfg.fallbackShare, "budget-fallback-share", 1.0/3, "share of each limit an agent uses while --budget-redis is unreachable (about 1 / number of agents)")
-	fs.StringVar(&cfg.leaseRedis, "lease-redis", "", "redis://host:port/db of the Redis holding the leases of agents that share one --repo-s3 repository (one writer per source, no prune while others write); default the --budget-redis Redis; empty: this agent alone writes the repository")
+	fs.StringVar(&cfg.leaseRedis, "lease-redis", "", "with --repo-s3: redis://host:port/db of the Redis holding the leases of the agents sharing that repository (one writer per source, no prune while others write); default the --budget-redis Redis; empty: this agent alone writes the repository")
 	fs.StringVar(&cfg.repo.s3, "repo-s3", "", "keep the repository's packs, index and restore points in an S3 bucket, s3://bucket[/prefix], shared by every agent given the same; credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; the catalogue stays under --data")
 	fs.StringVar(&cfg.repo.endpoint, "repo-s3-endpoint", "s3.amazonaws.com", "S3 endpoint host:port")
 	fs.StringVar(&cfg.repo.region, "repo-s3-region", "", "S3 region (empty: the endpoint's default)")

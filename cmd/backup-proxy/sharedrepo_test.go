@@ -222,6 +222,73 @@ func TestAgentKilledHoldingLease(t *testing.T) {
 	}
 }
 
+// Redis restarts in the middle of a backup into a shared repository and
+// loses the source's lease: the job stops its attempt without committing,
+// takes the lease again and completes with the tenant's exact content.
+func TestRedisRestartLosesLease(t *testing.T) {
+	rs := redisserver.ForTest(t)
+	srv := s3server.ForTest(t)
+	srv.NewBucket(t, "backups")
+	for _, kv := range s3Env(srv) {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	opts := graphsim.Options{Seed: 23, Users: 1, Sites: -1, FilesPerDrive: 400, Apps: 1, MaxFileSize: 256 << 10,
+		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}, Latency: 5 * time.Millisecond}
+	sim, err := graphsim.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	core, logs := observer.New(zap.WarnLevel)
+	e := &e2e{t: t, sim: sim, opts: opts, logs: core, leaseRedis: rs.URL(),
+		repo: repoConfig{s3: "s3://backups/agents", endpoint: srv.Endpoint(), plaintext: true, leaseTTL: 3 * time.Second}}
+	if err := e.repo.parse(); err != nil {
+		t.Fatal(err)
+	}
+	e.start(t.TempDir())
+	e.addApps()
+	src := e.sources()[0]
+	req := &pb.SubmitJobRequest{JobId: "r-1", TenantId: sim.Tenant().ID}
+	src.submit(req)
+	if _, err := e.jobs.SubmitJob(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "progress", func() bool {
+		resp, err := e.jobs.GetJob(t.Context(), &pb.GetJobRequest{JobId: "r-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Job.State != pb.JobState_JOB_STATE_RUNNING && resp.Job.State != pb.JobState_JOB_STATE_QUEUED {
+			t.Fatalf("the job ended before Redis restarted: %v", resp.Job)
+		}
+		return resp.Job.Progress.ItemsBackedUp >= 100
+	})
+	// A restart without persistence: the lease's key is gone.
+	if err := rs.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.Start(); err != nil {
+		t.Fatal(err)
+	}
+	final := e.wait("r-1")
+	if final.State != pb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("after the Redis restart: %v", final)
+	}
+	if logs.FilterMessage("lost the source's lease; taking it again and starting over").Len() == 0 {
+		t.Fatal("the job never lost its lease: the test did not test that")
+	}
+	e.checkAgainstTenant(final.RestorePointId, src.drives, true)
+	rps, err := e.catalog.ListRestorePoints(t.Context(), &pb.ListRestorePointsRequest{TenantId: sim.Tenant().ID})
+	if err != nil || len(rps.RestorePoints) != 1 {
+		t.Fatalf("restore points: %v, %v; want the one", rps, err)
+	}
+	verify, err := e.catalog.VerifyRepository(t.Context(), &pb.VerifyRepositoryRequest{ReadData: true})
+	if err != nil || len(verify.Errors) != 0 {
+		t.Fatalf("verify: %v, %v", verify, err)
+	}
+}
+
 // waitFor polls cond (a real process or server: there is no clock to
 // inject) until it holds, failing t after timeout.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
