@@ -44,10 +44,8 @@ type agentConfig struct {
 	// budgetRedis is the redis:// URL of the budget shared with other
 	// agents (serve --budget-redis); empty: everything in process.
 	budgetRedis string
-	// leaseRedis is the redis:// URL of the repository's leases; empty:
-	// in process. repo says where the repository's objects live.
-	leaseRedis string
-	repo       repoConfig
+	// repo says where the repository's objects and leases live.
+	repo repoConfig
 }
 
 // assembled is a running agent's parts.
@@ -124,7 +122,7 @@ func assemble(log *zap.Logger, cfg agentConfig) (*assembled, error) {
 	if cfg.repo.leaseTTL == 0 {
 		cfg.repo.leaseTTL = time.Minute
 	}
-	a.repo, a.leases, err = openRepository(context.Background(), log, filepath.Join(cfg.dataDir, "repository"), cfg.repo, cfg.leaseRedis)
+	a.repo, a.leases, err = openRepository(context.Background(), log, filepath.Join(cfg.dataDir, "repository"), cfg.repo, true, false)
 	if err != nil {
 		return nil, err
 	}

@@ -44,9 +44,8 @@ type e2e struct {
 	budgetRedis string
 	// repo, when set, is where the repository's objects live; logs, when
 	// set, also receives the agent's log at Warn and above.
-	repo       repoConfig
-	leaseRedis string
-	logs       zapcore.Core
+	repo repoConfig
+	logs zapcore.Core
 }
 
 // generous limits keep pacing out of the way: these tests are about content.
@@ -88,7 +87,7 @@ func (e *e2e) start(dataDir string) {
 	a, err := assemble(log, agentConfig{
 		dataDir: dataDir, graphURL: e.sim.GraphURL(), loginURL: e.sim.LoginURL(), roots: e.sim.CertPool(),
 		maxJobs: 4, maxQueuedJobs: 100, downloadsPerJob: 4, scheduler: sc, budgetRedis: e.budgetRedis,
-		repo: e.repo, leaseRedis: e.leaseRedis,
+		repo: e.repo,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -18,18 +18,22 @@ import (
 const exitDamaged = 4
 
 // openRepoOffline opens the repository of a data directory that no agent is
-// using (the data directory lock says so).
-func openRepoOffline(dataDir string, readOnly bool) (*repo.Repository, func(), error) {
+// using (the data directory lock says so). With --repo-s3 other agents may
+// still be writing the store: the leases keep prune apart from them.
+func openRepoOffline(ctx context.Context, dataDir string, c repoConfig, readOnly bool) (*repo.Repository, func(), error) {
+	if err := c.parse(); err != nil {
+		return nil, nil, err
+	}
 	unlock, err := lockDataDir(dataDir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (while an agent runs, use its gRPC CatalogService.VerifyRepository)", err)
 	}
-	r, err := repo.Open(filepath.Join(dataDir, "repository"), repo.Options{ReadOnly: readOnly, Logger: zap.NewNop()})
+	r, rc, err := openRepository(ctx, zap.NewNop(), filepath.Join(dataDir, "repository"), c, false, readOnly)
 	if err != nil {
 		unlock()
 		return nil, nil, err
 	}
-	return r, func() { r.Close(); unlock() }, nil
+	return r, func() { r.Close(); closeRedis(rc); unlock() }, nil
 }
 
 // runVerify checks a repository: structure always, every byte with --read-data.
@@ -39,10 +43,12 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	dataDir := fs.String("data", "backup-proxy-data", "data directory of a stopped agent")
 	readData := fs.Bool("read-data", false, "also read, decrypt, decompress and hash every chunk")
 	maxItems := fs.Int("max-damaged-items", 20, "damaged items to list by path")
+	var rc repoConfig
+	rc.flags(fs)
 	if code, ok := parseOnly(fs, args, stderr, "verify"); !ok {
 		return code
 	}
-	r, done, err := openRepoOffline(*dataDir, true)
+	r, done, err := openRepoOffline(ctx, *dataDir, rc, true)
 	if err != nil {
 		fmt.Fprintf(stderr, "backup-proxy verify: %v\n", err)
 		return exitFailure
@@ -85,6 +91,8 @@ func runPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	keepLast := fs.Int("keep-last", 0, "keep the newest N restore points of each source")
 	keepWithin := fs.Duration("keep-within", 0, "keep restore points younger than this (e.g. 720h)")
 	dryRun := fs.Bool("dry-run", false, "report what would be removed, change nothing")
+	var rc repoConfig
+	rc.flags(fs)
 	if code, ok := parseOnly(fs, args, stderr, "prune"); !ok {
 		return code
 	}
@@ -92,7 +100,7 @@ func runPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "backup-proxy prune: --keep-last and --keep-within must not be negative")
 		return exitUsage
 	}
-	r, done, err := openRepoOffline(*dataDir, false)
+	r, done, err := openRepoOffline(ctx, *dataDir, rc, false)
 	if err != nil {
 		fmt.Fprintf(stderr, "backup-proxy prune: %v\n", err)
 		return exitFailure

@@ -58,7 +58,6 @@ type serveConfig struct {
 	rpcBurst          int
 
 	budgetRedis   string // redis:// URL of the budget shared with other agents; empty: in process
-	leaseRedis    string // redis:// URL of the repository's leases; default budgetRedis
 	repo          repoConfig
 	fallbackShare float64 // share of the limits while that Redis is unreachable
 	simTimeScale  float64 // graphsim's TimeScale, for benchmarks; 1 against Microsoft
@@ -103,15 +102,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.BoolVar(&cfg.insecureOnNetwork, "insecure-plaintext-on-network", false, "allow a non-loopback --listen without TLS: anyone who reaches the port controls the agent and reads its backups")
 	fs.StringVar(&cfg.budgetRedis, "budget-redis", "", "redis://host:port/db of a Redis shared by all agents backing up the same tenants: together they keep to one tenant share and one set of app limits and honour each other's throttles; empty: this agent alone")
 	fs.Float64Var(&cfg.fallbackShare, "budget-fallback-share", 1.0/3, "share of each limit an agent uses while --budget-redis is unreachable (about 1 / number of agents)")
-	fs.StringVar(&cfg.leaseRedis, "lease-redis", "", "with --repo-s3: redis://host:port/db of the Redis holding the leases of the agents sharing that repository (one writer per source, no prune while others write); default the --budget-redis Redis; empty: this agent alone writes the repository")
-	fs.StringVar(&cfg.repo.s3, "repo-s3", "", "keep the repository's packs, index and restore points in an S3 bucket, s3://bucket[/prefix], shared by every agent given the same; credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; the catalogue stays under --data")
-	fs.StringVar(&cfg.repo.endpoint, "repo-s3-endpoint", "s3.amazonaws.com", "S3 endpoint host:port")
-	fs.StringVar(&cfg.repo.region, "repo-s3-region", "", "S3 region (empty: the endpoint's default)")
-	fs.StringVar(&cfg.repo.caFile, "repo-s3-ca", "", "PEM file of extra CA certificates to trust for the S3 endpoint")
-	fs.BoolVar(&cfg.repo.plaintext, "repo-s3-plaintext", false, "talk to the S3 endpoint over plain HTTP (only for a loopback test server: credentials and data would cross the network in clear)")
-	fs.StringVar(&cfg.repo.keyFile, "repo-key-file", "", "the repository's key file (default <data>/repository/key); agents sharing a repository need the same key")
+	cfg.repo.flags(fs)
 	fs.DurationVar(&cfg.repo.syncInterval, "repo-sync-interval", time.Minute, "with --repo-s3: how often restore points other agents committed or forgot are brought into this agent's catalogue (a job does it when it starts; 0: only then)")
-	fs.DurationVar(&cfg.repo.leaseTTL, "repo-lease-ttl", time.Minute, "how long a source stays locked after its agent dies (leases are renewed every third of it)")
 	fs.Float64Var(&cfg.simTimeScale, "sim-time-scale", 1, "for benchmarks against graphsim only: its TimeScale (simulated seconds per real second); 1 against Microsoft")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -190,10 +182,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 			return nil, fmt.Errorf("--budget-redis: %q is not a Redis URL like redis://127.0.0.1:6379/0 (or rediss:// for TLS): %w", cfg.budgetRedis, err)
 		}
 	}
-	if cfg.leaseRedis == "" {
-		cfg.leaseRedis = cfg.budgetRedis
-	} else if _, err := redis.ParseURL(cfg.leaseRedis); err != nil {
-		return nil, fmt.Errorf("--lease-redis: %q is not a Redis URL like redis://127.0.0.1:6379/0: %w", cfg.leaseRedis, err)
+	if cfg.repo.leaseRedis == "" {
+		cfg.repo.leaseRedis = cfg.budgetRedis
 	}
 	if err := cfg.repo.parse(); err != nil {
 		return nil, err
@@ -469,7 +459,6 @@ func (c *serveConfig) agentConfig() agentConfig {
 		rpcBurst:        c.rpcBurst,
 		scheduler:       c.schedulerConfig(),
 		budgetRedis:     c.budgetRedis,
-		leaseRedis:      c.leaseRedis,
 		repo:            c.repo,
 	}
 }

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -241,8 +243,8 @@ func TestRedisRestartLosesLease(t *testing.T) {
 	}
 	t.Cleanup(func() { sim.Close() })
 	core, logs := observer.New(zap.WarnLevel)
-	e := &e2e{t: t, sim: sim, opts: opts, logs: core, leaseRedis: rs.URL(),
-		repo: repoConfig{s3: "s3://backups/agents", endpoint: srv.Endpoint(), plaintext: true, leaseTTL: 3 * time.Second}}
+	e := &e2e{t: t, sim: sim, opts: opts, logs: core,
+		repo: repoConfig{s3: "s3://backups/agents", endpoint: srv.Endpoint(), plaintext: true, leaseTTL: 3 * time.Second, leaseRedis: rs.URL()}}
 	if err := e.repo.parse(); err != nil {
 		t.Fatal(err)
 	}
@@ -309,4 +311,65 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// verify and prune run on a stopped agent's repository, in its directory
+// or in S3 (where the leases in Redis keep prune apart from other agents).
+func TestVerifyAndPruneCommands(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		s3   bool
+	}{{"directory", false}, {"s3", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var rc repoConfig
+			var flags []string
+			if tc.s3 {
+				rs, srv := redisserver.ForTest(t), s3server.ForTest(t)
+				srv.NewBucket(t, "backups")
+				for _, kv := range s3Env(srv) {
+					k, v, _ := strings.Cut(kv, "=")
+					t.Setenv(k, v)
+				}
+				rc = repoConfig{s3: "s3://backups/cmd", endpoint: srv.Endpoint(), plaintext: true, leaseTTL: time.Minute, leaseRedis: rs.URL()}
+				if err := rc.parse(); err != nil {
+					t.Fatal(err)
+				}
+				flags = []string{"--repo-s3", rc.s3, "--repo-s3-endpoint", rc.endpoint, "--repo-s3-plaintext", "--lease-redis", rs.URL()}
+			}
+			opts := graphsim.Options{Seed: 24, Users: 1, Sites: -1, FilesPerDrive: 30, Apps: 1, MaxFileSize: 64 << 10,
+				Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}}
+			sim, err := graphsim.New(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { sim.Close() })
+			data := t.TempDir()
+			e := &e2e{t: t, sim: sim, opts: opts, repo: rc}
+			e.start(data)
+			e.addApps()
+			src := e.sources()
+			e.runJobs("one", src, pb.BackupMode_BACKUP_MODE_FULL)
+			e.runJobs("two", src, pb.BackupMode_BACKUP_MODE_FULL)
+			e.stop()
+
+			run := func(fn func(context.Context, []string, io.Writer, io.Writer) int, args ...string) string {
+				t.Helper()
+				var out, errs bytes.Buffer
+				if code := fn(t.Context(), append(append([]string{"--data", data}, flags...), args...), &out, &errs); code != exitOK {
+					t.Fatalf("%v: exit %d: %s %s", args, code, out.String(), errs.String())
+				}
+				return out.String()
+			}
+			if out := run(runVerify, "--read-data"); !strings.Contains(out, "the repository is sound") {
+				t.Fatalf("verify: %s", out)
+			}
+			out := run(runPrune, "--keep-last", "1")
+			if !strings.Contains(out, "forget rp-") || !strings.Contains(out, "removed") {
+				t.Fatalf("prune: %s", out)
+			}
+			if out := run(runVerify, "--read-data"); !strings.Contains(out, "the repository is sound") {
+				t.Fatalf("verify after prune: %s", out)
+			}
+		})
+	}
 }
