@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"sort"
 	"strings"
@@ -275,6 +276,9 @@ func (r *Repository) Sync(ctx context.Context) (SyncReport, error) {
 			}
 			if ctx.Err() != nil {
 				return rep, ctx.Err()
+			}
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // pruned by another agent since the listing
 			}
 			if !errors.Is(err, ErrNotFound) {
 				rep.Skipped++
