@@ -46,6 +46,7 @@ type serveConfig struct {
 	limits          scheduler.Limits // overrides of the tier's limits; zero fields keep the tier's
 	company         string
 	memoryLimit     int64 // soft limit of the Go heap in bytes; 0: none
+	gcPercent       int   // the garbage collector's target (GOGC)
 	shutdownTimeout time.Duration
 
 	tlsCertFile       string
@@ -92,6 +93,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.IntVar(&cfg.limits.TenantPer5Min, "tenant-ru-per-5min", 0, "tenant RU per 5 minutes, if not the licence tier's")
 	fs.StringVar(&cfg.company, "company", "backup-proxy", "company name in the User-Agent: ISV|<company>|backup-proxy/<version>")
 	memLimit := fs.String("memory-limit", "192MiB", "soft limit of the agent's heap (KiB, MiB, GiB suffixes; 0 for none); the GOMEMLIMIT environment variable takes precedence")
+	fs.IntVar(&cfg.gcPercent, "gc-percent", 50, "garbage collector target: the heap may grow this many percent above the live heap before a collection (Go's GOGC; its default is 100); the GOGC environment variable takes precedence")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight RPCs may finish on shutdown")
 	fs.StringVar(&cfg.tlsCertFile, "tls-cert", "", "PEM certificate (chain) of the gRPC server; turns on TLS 1.3, and callers must then authenticate")
 	fs.StringVar(&cfg.tlsKeyFile, "tls-key", "", "PEM private key of --tls-cert")
@@ -161,6 +163,9 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 		if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil {
 			return nil, fmt.Errorf("--metrics-listen: %q is not host:port with a numeric port, e.g. 127.0.0.1:9090", cfg.metricsListen)
 		}
+	}
+	if cfg.gcPercent < 10 && cfg.gcPercent != -1 {
+		return nil, fmt.Errorf("--gc-percent: want 10 or more (or -1 for no collection but at --memory-limit), got %d", cfg.gcPercent)
 	}
 	if cfg.memoryLimit, err = parseBytes(*memLimit); err != nil {
 		return nil, fmt.Errorf("--memory-limit: %w", err)
@@ -339,6 +344,14 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
 	defer log.Sync() //nolint:errcheck // nothing useful to do if stderr fails
 
+	if os.Getenv("GOGC") == "" {
+		// Most of what a backup allocates is garbage within the second
+		// (download buffers, Graph pages, catalogue rows): at Go's 100 the
+		// headroom, not the live heap, was most of the agent's anonymous
+		// memory. bench memory at 225k items: 85 MiB at 100, 63 at 50,
+		// for the same wall time.
+		debug.SetGCPercent(cfg.gcPercent)
+	}
 	if cfg.memoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
 		// The agent's live heap is small (tens of MiB backing up a drive
 		// of 225k small files: repository buffers, one delta page per

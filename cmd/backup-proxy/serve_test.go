@@ -50,6 +50,7 @@ func TestParseServeFlagsRejectsBadInput(t *testing.T) {
 		{"max jobs", []string{"--max-jobs", "0"}, "--max-jobs"},
 		{"shutdown timeout", []string{"--shutdown-timeout", "0s"}, "--shutdown-timeout"},
 		{"memory limit", []string{"--memory-limit", "lots"}, "--memory-limit"},
+		{"gc percent", []string{"--gc-percent", "0"}, "--gc-percent"},
 		{"tenant share", []string{"--tenant-share", "1.5"}, "--tenant-share"},
 		{"company with bar", []string{"--company", "a|b"}, "--company"},
 		{"metrics listen without port", []string{"--metrics-listen", "9090"}, "--metrics-listen"},
@@ -184,7 +185,7 @@ func TestParseServeFlagsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.listen != "127.0.0.1:50051" || cfg.graphURL.String() != "https://graph.microsoft.com" ||
-		cfg.loginURL.String() != "https://login.microsoftonline.com" || cfg.maxJobs != 4 || cfg.memoryLimit != 192<<20 ||
+		cfg.loginURL.String() != "https://login.microsoftonline.com" || cfg.maxJobs != 4 || cfg.memoryLimit != 192<<20 || cfg.gcPercent != 50 ||
 		cfg.rpcRate != 200 || cfg.rpcBurst != 400 || cfg.security.TLS != nil || cfg.insecureOnNetwork ||
 		cfg.metricsListen != "" || cfg.budgetRedis != "" || cfg.fallbackShare != 1.0/3 || cfg.simTimeScale != 1 {
 		t.Errorf("defaults = %+v", cfg)
