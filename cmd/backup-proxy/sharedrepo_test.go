@@ -29,21 +29,16 @@ func s3Env(srv *s3server.Server) []string {
 	return []string{"AWS_ACCESS_KEY_ID=" + srv.AccessKey(), "AWS_SECRET_ACCESS_KEY=" + srv.SecretKey()}
 }
 
-// The S3 server stops in the middle of a backup, while packs are being
-// uploaded, and comes back: the uploads are retried, the job succeeds with
-// the tenant's exact content and verify is clean.
-func TestS3StoppedMidUpload(t *testing.T) {
-	srv := s3server.ForTest(t)
+// s3Agent starts an in-process agent on a fresh graphsim tenant (opts)
+// with its repository in srv's bucket "backups" (created here), leases in
+// leaseRedis if not empty, and its Warn log observed.
+func s3Agent(t *testing.T, srv *s3server.Server, opts graphsim.Options, leaseTTL time.Duration, leaseRedis string) (*e2e, *observer.ObservedLogs) {
+	t.Helper()
 	srv.NewBucket(t, "backups")
 	for _, kv := range s3Env(srv) {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
-	// About 200 MB in files of up to 1 MiB, a few ms a request: several
-	// packs (32 MiB) are uploaded while the job runs, so stopping the
-	// server after the first leaves the job uploads it cannot do without.
-	opts := graphsim.Options{Seed: 31, Users: 1, Sites: -1, FilesPerDrive: 400, Apps: 1, MaxFileSize: 1 << 20,
-		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}, Latency: 5 * time.Millisecond}
 	sim, err := graphsim.New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -51,12 +46,26 @@ func TestS3StoppedMidUpload(t *testing.T) {
 	t.Cleanup(func() { sim.Close() })
 	core, logs := observer.New(zap.WarnLevel)
 	e := &e2e{t: t, sim: sim, opts: opts, logs: core,
-		repo: repoConfig{s3: "s3://backups/agents", endpoint: srv.Endpoint(), plaintext: true, leaseTTL: time.Minute}}
+		repo: repoConfig{s3: "s3://backups/agents", endpoint: srv.Endpoint(), plaintext: true, leaseTTL: leaseTTL, leaseRedis: leaseRedis}}
 	if err := e.repo.parse(); err != nil {
 		t.Fatal(err)
 	}
 	e.start(t.TempDir())
 	e.addApps()
+	return e, logs
+}
+
+// The S3 server stops in the middle of a backup, while packs are being
+// uploaded, and comes back: the uploads are retried, the job succeeds with
+// the tenant's exact content and verify is clean.
+func TestS3StoppedMidUpload(t *testing.T) {
+	srv := s3server.ForTest(t)
+	// About 200 MB in files of up to 1 MiB, a few ms a request: several
+	// packs (32 MiB) are uploaded while the job runs, so stopping the
+	// server after the first leaves the job uploads it cannot do without.
+	e, logs := s3Agent(t, srv, graphsim.Options{Seed: 31, Users: 1, Sites: -1, FilesPerDrive: 400, Apps: 1, MaxFileSize: 1 << 20,
+		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}, Latency: 5 * time.Millisecond}, time.Minute, "")
+	sim := e.sim
 	src := e.sources()[0]
 	req := &pb.SubmitJobRequest{JobId: "s3-1", TenantId: sim.Tenant().ID}
 	src.submit(req)
@@ -229,27 +238,9 @@ func TestAgentKilledHoldingLease(t *testing.T) {
 // takes the lease again and completes with the tenant's exact content.
 func TestRedisRestartLosesLease(t *testing.T) {
 	rs := redisserver.ForTest(t)
-	srv := s3server.ForTest(t)
-	srv.NewBucket(t, "backups")
-	for _, kv := range s3Env(srv) {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	opts := graphsim.Options{Seed: 23, Users: 1, Sites: -1, FilesPerDrive: 400, Apps: 1, MaxFileSize: 256 << 10,
-		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}, Latency: 5 * time.Millisecond}
-	sim, err := graphsim.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	core, logs := observer.New(zap.WarnLevel)
-	e := &e2e{t: t, sim: sim, opts: opts, logs: core,
-		repo: repoConfig{s3: "s3://backups/agents", endpoint: srv.Endpoint(), plaintext: true, leaseTTL: 3 * time.Second, leaseRedis: rs.URL()}}
-	if err := e.repo.parse(); err != nil {
-		t.Fatal(err)
-	}
-	e.start(t.TempDir())
-	e.addApps()
+	e, logs := s3Agent(t, s3server.ForTest(t), graphsim.Options{Seed: 23, Users: 1, Sites: -1, FilesPerDrive: 400, Apps: 1, MaxFileSize: 256 << 10,
+		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1}, Latency: 5 * time.Millisecond}, 3*time.Second, rs.URL())
+	sim := e.sim
 	src := e.sources()[0]
 	req := &pb.SubmitJobRequest{JobId: "r-1", TenantId: sim.Tenant().ID}
 	src.submit(req)

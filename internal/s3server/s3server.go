@@ -138,15 +138,7 @@ func (s *Server) NewBucket(t testing.TB, name string) string {
 func ForTest(t testing.TB) *Server {
 	t.Helper()
 	s, err := Start(t.TempDir())
-	if errors.Is(err, ErrNotInstalled) {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI is set but %v", err)
-		}
-		t.Skipf("skipped: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	serverproc.Check(t, err, ErrNotInstalled)
 	t.Cleanup(func() { _ = s.Stop() })
 	return s
 }

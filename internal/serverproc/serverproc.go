@@ -4,10 +4,12 @@
 package serverproc
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"testing"
 	"time"
 )
 
@@ -56,4 +58,20 @@ func Start(cmd *exec.Cmd, logPath, addr string) (*Proc, error) {
 func (p *Proc) Stop() {
 	_ = p.cmd.Process.Kill()
 	<-p.done
+}
+
+// Check fails or skips t when a server did not start: err wrapping
+// notInstalled (the program is not on PATH) skips the test, except under CI
+// (CI set), where a missing server is a broken environment and fails it.
+func Check(t testing.TB, err, notInstalled error) {
+	t.Helper()
+	if errors.Is(err, notInstalled) {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set but %v", err)
+		}
+		t.Skipf("skipped: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }
