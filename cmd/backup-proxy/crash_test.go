@@ -55,6 +55,27 @@ func startChild(t *testing.T, args ...string) (*exec.Cmd, string) {
 	return p.cmd, p.addr
 }
 
+// killableSim starts a one-OneDrive tenant whose backup lasts long enough
+// to kill its agent in the middle, and writes its CA to dir/ca.pem.
+func killableSim(t *testing.T, seed uint64) (sim *graphsim.Server, dir, caFile string) {
+	t.Helper()
+	sim, err := graphsim.New(graphsim.Options{
+		Seed: seed, Users: 1, Sites: -1, FilesPerDrive: 400, Apps: 1, MaxFileSize: 256 << 10,
+		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1},
+		Latency: 5 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	dir = t.TempDir()
+	caFile = filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, sim.CACertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return sim, dir, caFile
+}
+
 // dialChild connects to an agent process serving sim's tenant.
 func dialChild(t *testing.T, sim *graphsim.Server, addr string) *e2e {
 	t.Helper()
@@ -73,20 +94,7 @@ func TestAgentKilledMidJobResumes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts agent processes")
 	}
-	sim, err := graphsim.New(graphsim.Options{
-		Seed: 21, Users: 1, Sites: -1, FilesPerDrive: 400, Apps: 1, MaxFileSize: 256 << 10,
-		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1},
-		Latency: 5 * time.Millisecond, // long enough a job to kill it in the middle
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sim.Close()
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, sim.CACertPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	sim, dir, caFile := killableSim(t, 21)
 	// No per-client rate limit: the test reads every item back at once.
 	args := []string{"serve", "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",
 		"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", caFile,

@@ -130,20 +130,7 @@ func TestAgentKilledHoldingLease(t *testing.T) {
 	rs := redisserver.ForTest(t)
 	srv := s3server.ForTest(t)
 	srv.NewBucket(t, "backups")
-	sim, err := graphsim.New(graphsim.Options{
-		Seed: 22, Users: 1, Sites: -1, FilesPerDrive: 400, Apps: 1, MaxFileSize: 256 << 10,
-		Limits: &generous, Faults: graphsim.Faults{UnprovisionedOneDrives: -1},
-		Latency: 5 * time.Millisecond, // long enough a job to kill it in the middle
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sim.Close()
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, sim.CACertPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	sim, dir, caFile := killableSim(t, 22)
 	args := func(data string) []string {
 		return []string{"serve", "--data", filepath.Join(dir, data), "--listen", "127.0.0.1:0",
 			"--graph-url", sim.GraphURL(), "--login-url", sim.LoginURL(), "--ca-file", caFile,
