@@ -148,41 +148,49 @@ func (c *chunkIndex) maybeMerge() {
 	}
 }
 
-// each calls fn for every chunk, in no particular order, until fn returns
-// false. fn must not change the index.
-// The run's entries come in id order, with recent's replacing theirs, then
-// recent's new ones.
-func (c *chunkIndex) each(fn func(ChunkID, location) bool) {
-	replaced := map[ChunkID]struct{}{}
+// each calls fn for every chunk in id order — the run with recent's puts
+// and deletions laid over it — until fn returns false or an error. fn must
+// not change the index. A run that cannot be read back is logged and
+// returned.
+func (c *chunkIndex) each(fn func(ChunkID, location) (bool, error)) error {
+	keys := make([]ChunkID, 0, len(c.recent))
+	for id := range c.recent {
+		keys = append(keys, id)
+	}
+	slices.SortFunc(keys, func(a, b ChunkID) int { return bytes.Compare(a[:], b[:]) })
+	var br *bufio.Reader
 	if c.run != nil {
-		br := bufio.NewReaderSize(io.NewSectionReader(c.run, 0, int64(c.runN)*chunkRecSize), 256<<10)
-		rec := make([]byte, chunkRecSize)
-		for i := 0; i < c.runN; i++ {
-			if _, err := io.ReadFull(br, rec); err != nil {
-				c.log.Error("chunk index: read", zap.Error(err))
-				return
-			}
-			id, loc := decodeChunkRec(rec)
-			if _, ok := c.gone[id]; ok {
-				continue
-			}
-			if r, ok := c.recent[id]; ok {
-				loc = r
-				replaced[id] = struct{}{}
-			}
-			if !fn(id, loc) {
-				return
+		br = bufio.NewReaderSize(io.NewSectionReader(c.run, 0, int64(c.runN)*chunkRecSize), 256<<10)
+	}
+	rec := make([]byte, chunkRecSize)
+	k := 0
+	for i := 0; i < c.runN; i++ {
+		if _, err := io.ReadFull(br, rec); err != nil {
+			c.log.Error("chunk index: read", zap.Error(err))
+			return fmt.Errorf("read chunk index: %w", err)
+		}
+		id, loc := decodeChunkRec(rec)
+		for ; k < len(keys) && bytes.Compare(keys[k][:], id[:]) < 0; k++ {
+			if more, err := fn(keys[k], c.recent[keys[k]]); !more || err != nil {
+				return err
 			}
 		}
-	}
-	for id, loc := range c.recent {
-		if _, ok := replaced[id]; ok {
+		if k < len(keys) && keys[k] == id {
+			loc = c.recent[id]
+			k++
+		} else if _, ok := c.gone[id]; ok {
 			continue
 		}
-		if !fn(id, loc) {
-			return
+		if more, err := fn(id, loc); !more || err != nil {
+			return err
 		}
 	}
+	for ; k < len(keys); k++ {
+		if more, err := fn(keys[k], c.recent[keys[k]]); !more || err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // merge writes the live entries, sorted, into a new run.
@@ -196,17 +204,12 @@ func (c *chunkIndex) merge() error {
 		f.Close()
 		return err
 	}
-	keys := make([]ChunkID, 0, len(c.recent))
-	for id := range c.recent {
-		keys = append(keys, id)
-	}
-	slices.SortFunc(keys, func(a, b ChunkID) int { return bytes.Compare(a[:], b[:]) })
 	n := 0
 	fences := make([]ChunkID, 0, (c.n+chunkBlockRecs-1)/chunkBlockRecs)
 	bl := newBloom(c.n)
 	bw := bufio.NewWriterSize(f, 256<<10)
 	rec := make([]byte, chunkRecSize)
-	emit := func(id ChunkID, loc location) error {
+	err = c.each(func(id ChunkID, loc location) (bool, error) {
 		if n%chunkBlockRecs == 0 {
 			fences = append(fences, id)
 		}
@@ -214,44 +217,12 @@ func (c *chunkIndex) merge() error {
 		encodeChunkRec(rec, id, loc)
 		n++
 		_, err := bw.Write(rec)
-		return err
+		return true, err
+	})
+	if err == nil {
+		err = bw.Flush()
 	}
-	// Merge the old run (ascending) with the sorted recent keys.
-	var old *bufio.Reader
-	if c.run != nil {
-		old = bufio.NewReaderSize(io.NewSectionReader(c.run, 0, int64(c.runN)*chunkRecSize), 256<<10)
-	}
-	k := 0
-	for i := 0; i < c.runN; i++ {
-		if _, err := io.ReadFull(old, rec); err != nil {
-			f.Close()
-			return fmt.Errorf("read chunk index: %w", err)
-		}
-		id, loc := decodeChunkRec(rec)
-		for ; k < len(keys) && bytes.Compare(keys[k][:], id[:]) < 0; k++ {
-			if err := emit(keys[k], c.recent[keys[k]]); err != nil {
-				f.Close()
-				return err
-			}
-		}
-		if k < len(keys) && keys[k] == id {
-			loc = c.recent[id]
-			k++
-		} else if _, ok := c.gone[id]; ok {
-			continue
-		}
-		if err := emit(id, loc); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	for ; k < len(keys); k++ {
-		if err := emit(keys[k], c.recent[keys[k]]); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	if err := bw.Flush(); err != nil {
+	if err != nil {
 		f.Close()
 		return err
 	}

@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"math/rand/v2"
@@ -14,15 +15,17 @@ import (
 // in memory, in the run or both, across merges, replacements and deletions.
 func TestChunkIndexIsAMap(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		mergeAt int
-		tmpDir  func(t *testing.T) string
-		ops     int
+		name         string
+		mergeAt      int
+		tmpDir       func(t *testing.T) string
+		ops          int
+		wantRun      bool // entries end up in a run file
+		wantFallback bool // the temp file failed: all in memory
 	}{
-		{"no merges", 1 << 20, func(t *testing.T) string { return t.TempDir() }, 3000},
-		{"merges often", 7, func(t *testing.T) string { return t.TempDir() }, 3000},
-		{"block sized", chunkBlockRecs, func(t *testing.T) string { return t.TempDir() }, 5000},
-		{"no temp dir: in memory", 7, func(t *testing.T) string { return filepath.Join(t.TempDir(), "missing") }, 2000},
+		{"no merges", 1 << 20, func(t *testing.T) string { return t.TempDir() }, 3000, false, false},
+		{"merges often", 7, func(t *testing.T) string { return t.TempDir() }, 3000, true, false},
+		{"block sized", chunkBlockRecs, func(t *testing.T) string { return t.TempDir() }, 5000, true, false},
+		{"no temp dir: in memory", 7, func(t *testing.T) string { return filepath.Join(t.TempDir(), "missing") }, 2000, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newChunkIndex(zaptest.NewLogger(t), tc.tmpDir(t))
@@ -54,13 +57,17 @@ func TestChunkIndexIsAMap(t *testing.T) {
 				}
 			}
 			seen := map[ChunkID]location{}
-			c.each(func(id ChunkID, loc location) bool {
-				if _, dup := seen[id]; dup {
-					t.Fatalf("each visits %x twice", id[:4])
+			var last *ChunkID
+			if err := c.each(func(id ChunkID, loc location) (bool, error) {
+				if last != nil && bytes.Compare(last[:], id[:]) >= 0 {
+					t.Fatalf("each visits %x after %x: not in id order", id[:4], last[:4])
 				}
+				last = &id
 				seen[id] = loc
-				return true
-			})
+				return true, nil
+			}); err != nil {
+				t.Fatal(err)
+			}
 			if len(seen) != len(model) {
 				t.Fatalf("each visits %d, want %d", len(seen), len(model))
 			}
@@ -69,8 +76,8 @@ func TestChunkIndexIsAMap(t *testing.T) {
 					t.Fatalf("each: %x = %v, want %v", k[:4], seen[k], v)
 				}
 			}
-			if tc.mergeAt < tc.ops && c.run == nil && !c.noRun {
-				t.Fatal("never merged")
+			if (c.run != nil) != tc.wantRun || c.noRun != tc.wantFallback {
+				t.Fatalf("run file %v, in-memory fallback %v; want %v, %v", c.run != nil, c.noRun, tc.wantRun, tc.wantFallback)
 			}
 		})
 	}

@@ -43,7 +43,7 @@ func (r *Repository) Forget(ctx context.Context, p ForgetPolicy) ([]RestorePoint
 			continue
 		}
 		seen[s] = true
-		l, err := r.opts.Leases.Acquire(ctx, sourceLeaseName(s.tenant, s.source), r.opts.LeaseTTL)
+		l, err := r.acquire(ctx, sourceLeaseName(s.tenant, s.source))
 		if errors.Is(err, lease.ErrHeld) {
 			r.log.Info("forget skips a source being written", zap.String("tenant", s.tenant), zap.String("source", s.source))
 			continue
@@ -57,7 +57,7 @@ func (r *Repository) Forget(ctx context.Context, p ForgetPolicy) ([]RestorePoint
 		if err == nil {
 			err = r.markForgotten(ctx, g)
 		}
-		_ = l.Release(context.WithoutCancel(ctx))
+		r.release(l)
 		gone = append(gone, g...)
 		if err != nil {
 			return gone, err
@@ -79,7 +79,7 @@ func (r *Repository) ForgetRestorePoint(ctx context.Context, id RestorePointID) 
 	if err != nil {
 		return err
 	}
-	l, err := r.opts.Leases.Acquire(ctx, sourceLeaseName(rp.Tenant, rp.Source), r.opts.LeaseTTL)
+	l, err := r.acquire(ctx, sourceLeaseName(rp.Tenant, rp.Source))
 	if err != nil {
 		if errors.Is(err, lease.ErrHeld) {
 			// A job of this process or another agent is writing the source.
@@ -87,7 +87,7 @@ func (r *Repository) ForgetRestorePoint(ctx context.Context, id RestorePointID) 
 		}
 		return fmt.Errorf("forget %s: %w", id, err)
 	}
-	defer func() { _ = l.Release(context.WithoutCancel(ctx)) }()
+	defer r.release(l)
 	if err := r.cat.ForgetRestorePoint(ctx, id); err != nil {
 		return err
 	}
@@ -145,7 +145,7 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (PruneReport,
 		if pl, err = r.acquirePrune(ctx); err != nil {
 			return PruneReport{}, err
 		}
-		defer r.releasePrune(pl)
+		defer r.release(pl)
 		if _, err := r.Sync(ctx); err != nil {
 			return PruneReport{}, fmt.Errorf("prune: %w", err)
 		}
@@ -369,11 +369,12 @@ func (r *Repository) planPrune(referenced map[catalog.ChunkID]struct{}, files []
 		}
 	}
 	var dead []ChunkID
-	r.idx.chunks.each(func(id ChunkID, loc location) bool {
+	// A run that cannot be read leaves dead chunks for the next prune.
+	_ = r.idx.chunks.each(func(id ChunkID, loc location) (bool, error) {
 		if _, ok := referenced[id]; !ok && !r.protected(id, loc) {
 			dead = append(dead, id)
 		}
-		return true
+		return true, nil
 	})
 	plan.chunksRemoved = int64(len(dead))
 	deadSet := make(map[ChunkID]bool, len(dead))

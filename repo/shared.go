@@ -72,18 +72,37 @@ func (sl *SourceLease) check(tenant, source string) error {
 }
 
 // Release gives the lease back.
-func (sl *SourceLease) Release() {
-	r := sl.r
+func (sl *SourceLease) Release() { sl.r.release(sl.l) }
+
+// acquire takes a lease without waiting and records it in r.held, which
+// tells this process's leases from other agents'.
+func (r *Repository) acquire(ctx context.Context, name string) (*lease.Lease, error) {
+	l, err := r.opts.Leases.Acquire(ctx, name, r.opts.LeaseTTL)
+	if err != nil {
+		return nil, err
+	}
+	r.noteHeld(name)
+	return l, nil
+}
+
+func (r *Repository) noteHeld(name string) {
 	r.mu.Lock()
-	if r.held[sl.l.Name()]--; r.held[sl.l.Name()] <= 0 {
-		delete(r.held, sl.l.Name())
+	r.held[name]++
+	r.mu.Unlock()
+}
+
+// release gives back a lease taken by acquire.
+func (r *Repository) release(l *lease.Lease) {
+	r.mu.Lock()
+	if r.held[l.Name()]--; r.held[l.Name()] <= 0 {
+		delete(r.held, l.Name())
 	}
 	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := sl.l.Release(ctx); err != nil {
-		// It expires by itself; the next writer waits for that.
-		r.log.Warn("release source lease", zap.String("tenant", sl.tenant), zap.String("source", sl.source), zap.Error(err))
+	if err := l.Release(ctx); err != nil {
+		// It expires by itself; whoever wants it next waits for that.
+		r.log.Warn("release lease", zap.String("lease", l.Name()), zap.Error(err))
 	}
 }
 
@@ -109,10 +128,8 @@ func (r *Repository) AcquireSource(ctx context.Context, tenant, source string) (
 	if err != nil {
 		return nil, fmt.Errorf("lease of %s/%s: %w", tenant, source, err)
 	}
+	r.noteHeld(name)
 	sl := &SourceLease{r: r, tenant: tenant, source: source, l: l}
-	r.mu.Lock()
-	r.held[name]++
-	r.mu.Unlock()
 	if err := r.waitForPrune(ctx); err != nil {
 		sl.Release()
 		return nil, err
@@ -162,19 +179,16 @@ func (r *Repository) waitForPrune(ctx context.Context) error {
 // a source lease; ErrBusy otherwise. Sources this process holds are fine:
 // their sessions are protected in memory.
 func (r *Repository) acquirePrune(ctx context.Context) (*lease.Lease, error) {
-	l, err := r.opts.Leases.Acquire(ctx, pruneLease, r.opts.LeaseTTL)
+	l, err := r.acquire(ctx, pruneLease)
 	if errors.Is(err, lease.ErrHeld) {
 		return nil, fmt.Errorf("prune: %v: %w", err, ErrBusy)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("prune lease: %w", err)
 	}
-	r.mu.Lock()
-	r.held[pruneLease]++
-	r.mu.Unlock()
 	held, err := r.opts.Leases.Held(ctx, sourceLeasePrefix)
 	if err != nil {
-		r.releasePrune(l)
+		r.release(l)
 		return nil, fmt.Errorf("prune: list source leases: %w", err)
 	}
 	r.mu.Lock()
@@ -186,21 +200,10 @@ func (r *Repository) acquirePrune(ctx context.Context) (*lease.Lease, error) {
 	}
 	r.mu.Unlock()
 	if len(others) > 0 {
-		r.releasePrune(l)
+		r.release(l)
 		return nil, fmt.Errorf("prune: %d source(s) being written by %v: %w", len(others), others, ErrBusy)
 	}
 	return l, nil
-}
-
-func (r *Repository) releasePrune(l *lease.Lease) {
-	r.mu.Lock()
-	delete(r.held, pruneLease)
-	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := l.Release(ctx); err != nil {
-		r.log.Warn("release prune lease", zap.Error(err))
-	}
 }
 
 // SyncReport says what Sync changed in the local catalogue.
@@ -472,12 +475,14 @@ func (r *Repository) refreshIndex(ctx context.Context) error {
 			delete(r.idx.files, name)
 		}
 		var drop []ChunkID
-		r.idx.chunks.each(func(id ChunkID, loc location) bool {
+		if err := r.idx.chunks.each(func(id ChunkID, loc location) (bool, error) {
 			if dead[loc.pack] {
 				drop = append(drop, id)
 			}
-			return true
-		})
+			return true, nil
+		}); err != nil {
+			return err
+		}
 		for _, id := range drop {
 			r.idx.removeChunk(id)
 		}

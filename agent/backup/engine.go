@@ -132,10 +132,10 @@ func (e *Engine) leased(ctx context.Context, log *zap.Logger, spec jobs.Spec, t 
 // run resolves the source's drives and makes its restore point.
 func (e *Engine) run(ctx context.Context, log *zap.Logger, spec jobs.Spec, t *jobs.Tracker, client *graph.Client,
 	lease *repo.SourceLease, source string) (jobs.Result, error) {
-	var err error
 	var (
 		drives []graph.Drive
 		site   graph.Site
+		err    error
 	)
 	switch spec.Source.Kind {
 	case jobs.OneDrive:
