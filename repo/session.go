@@ -507,6 +507,16 @@ func (s *Session) LookupVersion(ctx context.Context, driveID, itemID, cTag, quic
 	return it, true, nil
 }
 
+// ItemPath returns the path this restore point records for item itemID of
+// driveID so far (put by this session or inherited from the base); ok is
+// false when it records no such item.
+func (s *Session) ItemPath(ctx context.Context, driveID, itemID string) (path string, ok bool, err error) {
+	if err := s.usable(); err != nil {
+		return "", false, err
+	}
+	return s.txn.Path(ctx, driveID, itemID)
+}
+
 // DeleteItem records that the item no longer exists.
 func (s *Session) DeleteItem(ctx context.Context, driveID, itemID string) error {
 	if err := s.usable(); err != nil {

@@ -37,6 +37,9 @@ type Config struct {
 	// MaxDownloadAttempts bounds how often one file's download is resumed or
 	// restarted before the item is reported as failed; default 5.
 	MaxDownloadAttempts int
+	// FolderCache is how many folder paths a crawl keeps in memory; others
+	// are read back from the restore point being staged. Default 4096.
+	FolderCache int
 }
 
 // Engine runs backup jobs; it implements jobs.Runner.
@@ -54,6 +57,9 @@ func New(log *zap.Logger, cfg Config, r *repo.Repository, clients Clients) *Engi
 	}
 	if cfg.MaxDownloadAttempts <= 0 {
 		cfg.MaxDownloadAttempts = 5
+	}
+	if cfg.FolderCache <= 0 {
+		cfg.FolderCache = 4096
 	}
 	return &Engine{log: log.Named("backup"), cfg: cfg, repo: r, clients: clients}
 }

@@ -12,15 +12,18 @@ import (
 )
 
 // pathIndex resolves parent ids to paths. Delta gives items by id with a
-// parent id and no path, so folders met in the crawl are remembered (only
-// folders: their number, not the file count, bounds the memory). A parent
-// not met (yet) in this crawl is asked of Graph: the base restore point's
-// path could be stale, since a renamed ancestor may come later in the crawl.
+// parent id and no path. A folder met in the crawl is in the restore point
+// being staged, which the index asks; recent folders are also kept in memory
+// (Config.FolderCache of them, about 200 bytes each), so that memory does
+// not grow with the drive. A parent not met (yet) in this crawl is asked of
+// Graph: the base restore point's path could be stale, since a renamed
+// ancestor may come later in the crawl.
 type pathIndex struct {
-	run     *jobRun
-	driveID string
-	root    string
-	folders map[string]string // folder id → path ("" for the root)
+	run      *jobRun
+	driveID  string
+	root     string
+	folders  map[string]string // recently met folders: id → path ("" for the root)
+	cacheMax int
 	// renames maps folder paths of the base restore point to their new
 	// paths, for folders renamed or moved in this run: delta reports the
 	// folder but not its unchanged descendants, whose base paths must be
@@ -34,7 +37,8 @@ type pathIndex struct {
 }
 
 func newPathIndex(r *jobRun, driveID string) *pathIndex {
-	return &pathIndex{run: r, driveID: driveID, folders: map[string]string{}, renames: map[string]string{}, seen: map[string]bool{}}
+	return &pathIndex{run: r, driveID: driveID, folders: map[string]string{}, cacheMax: r.e.cfg.FolderCache,
+		renames: map[string]string{}, seen: map[string]bool{}}
 }
 
 // resetDrive forgets everything: the drive is being enumerated from scratch,
@@ -115,20 +119,42 @@ func (p *pathIndex) moved(ctx context.Context, id, path string) error {
 
 func (p *pathIndex) setRoot(id string) {
 	p.root = id
-	p.folders[id] = ""
+	p.setFolder(id, "")
 }
 
-func (p *pathIndex) setFolder(id, path string) { p.folders[id] = path }
+// setFolder caches the path of a folder met in the crawl, evicting an
+// arbitrary other one when the cache is full.
+func (p *pathIndex) setFolder(id, path string) {
+	if _, ok := p.folders[id]; !ok && len(p.folders) >= p.cacheMax {
+		for k := range p.folders {
+			delete(p.folders, k)
+			break
+		}
+	}
+	p.folders[id] = path
+}
 
 func (p *pathIndex) forget(id string) { delete(p.folders, id) }
 
 // path returns the path of folder id ("" for the root).
 func (p *pathIndex) path(ctx context.Context, id string) (string, error) {
-	if id == "" {
+	if id == "" || id == p.root {
 		return "", nil
 	}
 	if path, ok := p.folders[id]; ok {
 		return path, nil
+	}
+	// Met in this crawl (in a full crawl, whatever the restore point holds
+	// was): the restore point being staged has its current path.
+	if p.run.base.ID == "" || p.reset || p.seen[id] {
+		path, ok, err := p.run.sess.ItemPath(ctx, p.driveID, id)
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			p.setFolder(id, path)
+			return path, nil
+		}
 	}
 	// Delta gives no order guarantee: a child may come before its parent
 	// (a changed ancestor moves to the end of the change log). Ask Graph
@@ -144,6 +170,6 @@ func (p *pathIndex) path(ctx context.Context, id string) (string, error) {
 	default:
 		return "", err
 	}
-	p.folders[id] = path
+	p.setFolder(id, path)
 	return path, nil
 }

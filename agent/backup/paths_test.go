@@ -2,8 +2,66 @@ package backup
 
 import (
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"testing"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/backup-proxy/backup-proxy/repo"
 )
+
+// TestFolderPathsOutliveTheCache crawls 200 nested folders with room for two
+// in memory: every path must come back from the restore point being staged.
+// The run has no Graph client, so asking Graph instead would panic.
+func TestFolderPathsOutliveTheCache(t *testing.T) {
+	ctx := t.Context()
+	r, err := repo.Open(t.TempDir(), repo.Options{Create: true, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	sess, err := r.NewSession(ctx, repo.SessionOptions{Tenant: "t", Source: "onedrive:u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Abort()
+	p := newPathIndex(&jobRun{e: &Engine{cfg: Config{FolderCache: 2}}, log: zaptest.NewLogger(t), sess: sess}, "d")
+	put := func(id, path string) {
+		t.Helper()
+		if err := sess.PutItem(ctx, repo.Item{DriveID: "d", ItemID: id, Path: path, Folder: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.setRoot("root")
+	put("root", "/")
+	want := map[string]string{}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 200 {
+		id, parent := fmt.Sprintf("f%03d", i), "root"
+		if i > 0 {
+			parent = fmt.Sprintf("f%03d", rng.IntN(i)) // some earlier folder, likely evicted
+		}
+		pp, err := p.path(ctx, parent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[id] = pp + "/" + id
+		p.setFolder(id, want[id])
+		put(id, want[id])
+	}
+	for id, w := range want {
+		if got, err := p.path(ctx, id); err != nil || got != w {
+			t.Errorf("path of %s = %q, %v; want %q", id, got, err, w)
+		}
+	}
+	if len(p.folders) > 2 {
+		t.Errorf("%d folders in memory, want at most 2", len(p.folders))
+	}
+	if got, _ := p.path(ctx, "root"); got != "" {
+		t.Errorf("root path %q, want \"\"", got)
+	}
+}
 
 func TestTranslateUsesLongestRenamedAncestor(t *testing.T) {
 	p := &pathIndex{renames: map[string]string{

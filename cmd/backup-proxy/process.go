@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -25,6 +26,10 @@ import (
 type agentProcess struct {
 	cmd  *exec.Cmd
 	addr string // its gRPC address
+	// how it was started, for restart
+	exe  string
+	env  []string
+	args []string
 }
 
 var servingAt = regexp.MustCompile(`"msg":"serving","address":"([^"]+)"`)
@@ -55,7 +60,7 @@ func startAgentProcess(exe string, env []string, args ...string) (*agentProcess,
 	}()
 	select {
 	case a := <-addr:
-		return &agentProcess{cmd: cmd, addr: a}, nil
+		return &agentProcess{cmd: cmd, addr: a, exe: exe, env: env, args: args}, nil
 	case <-time.After(30 * time.Second):
 		cmd.Process.Kill()
 		cmd.Wait()
@@ -87,6 +92,23 @@ func (p *agentProcess) memory() (peak, anon, file int64, err error) {
 		return 0, 0, 0, fmt.Errorf("no VmHWM in /proc/%d/status", p.cmd.Process.Pid)
 	}
 	return peak, anon, file, nil
+}
+
+// restart stops the process as SIGTERM does and starts it again with the
+// same command line (its address changes).
+func (p *agentProcess) restart() error {
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+	if err := p.cmd.Wait(); err != nil {
+		return fmt.Errorf("agent stopped with %w", err)
+	}
+	q, err := startAgentProcess(p.exe, p.env, p.args...)
+	if err != nil {
+		return err
+	}
+	*p = *q
+	return nil
 }
 
 // stop ends the process (SIGKILL: callers that want a graceful stop signal first).

@@ -540,8 +540,9 @@ func runModel(t *testing.T, seed uint64) {
 			}
 			touched["!"+d] = true
 		}
-		nops := 1 + rng.IntN(60)
+		nops := 1 + rng.IntN(150) // past flushEvery: some staged rows are in the file
 		for i := 0; i < nops; i++ {
+			checkPath(t, tx, m, drives[rng.IntN(len(drives))], fmt.Sprintf("it%02d", rng.IntN(40)))
 			d := drives[rng.IntN(len(drives))]
 			if touched["!"+d] && !touched[d] {
 				continue // removed drive
@@ -622,6 +623,17 @@ func runModel(t *testing.T, seed uint64) {
 	}
 	if again, _ := c.GC(ctx, false); again.RowsRemoved+again.VersionsRemoved+again.ChainRemoved != 0 {
 		t.Fatalf("second gc still removes %+v", again)
+	}
+}
+
+// checkPath compares what the staging transaction says of an item's path
+// with the model of the restore point being staged.
+func checkPath(t *testing.T, tx *Txn, m *modelRP, drive, item string) {
+	t.Helper()
+	path, ok, err := tx.Path(context.Background(), drive, item)
+	want, wantOK := m.items[drive+"/"+item]
+	if err != nil || ok != wantOK || path != want.Path {
+		t.Fatalf("staged path of %s/%s = %q, %v, %v; want %q, %v", drive, item, path, ok, err, want.Path, wantOK)
 	}
 }
 
@@ -786,5 +798,88 @@ func TestInvalidArguments(t *testing.T) {
 	rp, _ := tx.Commit(ctx)
 	if _, err := c.Begin(ctx, BeginOptions{Tenant: "t", Source: "other", Base: rp.ID}); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("base of another source: %v", err)
+	}
+}
+
+// TestReopenWhileStaging lets the catalogue reopen its file after every few
+// page allocations while a transaction stages items, first with a reader
+// looking one up in a loop; then checks that a reader in progress defers
+// the reopen instead of making it wait.
+func TestReopenWhileStaging(t *testing.T) {
+	c, _, _ := openTest(t)
+	c.reopenAfter = 50
+	ctx := context.Background()
+	seed, err := c.Begin(ctx, BeginOptions{Tenant: "t1", Source: "onedrive:u1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := seed.Put(ctx, mkItem("d1", "seed", "/seed", 0)); err != nil {
+		t.Fatal(err)
+	}
+	base, err := seed.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := c.Begin(ctx, BeginOptions{Tenant: "t1", Source: "onedrive:u1", Base: base.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stage := func(from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			id := fmt.Sprintf("it%04d", i)
+			if err := tx.Put(ctx, mkItem("d1", id, "/f/"+id, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	done := make(chan struct{})
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(readErr)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if _, err := c.ItemInDrive(ctx, base.ID, "d1", "seed"); err != nil {
+				readErr <- err
+				return
+			}
+		}
+	}()
+	stage(0, 500) // with the reader: reopens happen when it is between reads
+	close(done)
+	if err := <-readErr; err != nil {
+		t.Fatalf("reader: %v", err)
+	}
+	stage(500, 1000) // alone: every flush past the threshold reopens
+	if c.reopens.Load() == 0 {
+		t.Fatal("the catalogue never reopened")
+	}
+
+	// Past the threshold, but a reader holds the catalogue: no reopen.
+	c.reopenAfter = 1 << 40
+	stage(1000, 1200)
+	c.reopenAfter = 1
+	before := c.reopens.Load()
+	c.dbmu.RLock()
+	err = c.maybeReopen()
+	c.dbmu.RUnlock()
+	if err != nil || c.reopens.Load() != before {
+		t.Fatalf("reopen under a reader: %v, %d reopens, want none", err, c.reopens.Load()-before)
+	}
+	if err := c.maybeReopen(); err != nil || c.reopens.Load() != before+1 {
+		t.Fatalf("reopen once the reader left: %v, %d reopens, want 1", err, c.reopens.Load()-before)
+	}
+
+	rp, err := tx.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := listAll(t, c, rp.ID, "", 500); len(got) != 1201 {
+		t.Fatalf("restore point lists %d items, want 1201", len(got))
 	}
 }

@@ -73,9 +73,9 @@ func (c *Catalog) Forget(ctx context.Context, p ForgetPolicy) ([]RestorePoint, e
 	}
 	var err error
 	if p.DryRun {
-		err = c.db.View(fn)
+		err = c.boltView(fn)
 	} else {
-		err = c.db.Update(fn)
+		err = c.boltUpdate(fn)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("forget: %w", err)
@@ -118,7 +118,7 @@ func (c *Catalog) ForgetRestorePoint(ctx context.Context, id RestorePointID) err
 		return fmt.Errorf("forget %s: %w", id, ErrInUse)
 	}
 	var name string
-	err = c.db.Update(func(tx *bolt.Tx) error {
+	err = c.boltUpdate(func(tx *bolt.Tx) error {
 		r, err := getRP(tx, seq)
 		if err != nil {
 			return err
@@ -301,9 +301,9 @@ func (c *Catalog) GC(ctx context.Context, dryRun bool) (GCResult, error) {
 	}
 	var err error
 	if dryRun {
-		err = c.db.View(fn)
+		err = c.boltView(fn)
 	} else {
-		err = c.db.Update(fn)
+		err = c.boltUpdate(fn)
 	}
 	if err != nil {
 		return GCResult{}, fmt.Errorf("catalogue gc: %w", err)

@@ -113,7 +113,7 @@ func (c *Catalog) Begin(ctx context.Context, opts BeginOptions) (*Txn, error) {
 		parent: baseSeq, drives: map[string]*txnDrive{}}
 	c.mu.Lock()
 	defer c.mu.Unlock() // held so that Forget cannot remove the base between check and registration
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.boltUpdate(func(tx *bolt.Tx) error {
 		names := tx.Bucket(bktLineageNames)
 		key := []byte(opts.Tenant + "\x00" + opts.Source)
 		if v := names.Get(key); len(v) == 8 {
@@ -323,13 +323,21 @@ func (t *Txn) maybeFlush(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return t.flush(nil)
+	if err := t.flush(nil); err != nil {
+		return err
+	}
+	if err := t.c.maybeReopen(); err != nil {
+		t.done = true
+		t.c.forget(t.seq)
+		return err
+	}
+	return nil
 }
 
 // flush applies the staged operations in one Update; final, when not nil,
 // runs in the same Update (the commit).
 func (t *Txn) flush(final func(tx *bolt.Tx) error) error {
-	err := t.c.db.Update(func(tx *bolt.Tx) error {
+	err := t.c.boltUpdate(func(tx *bolt.Tx) error {
 		lb := tx.Bucket(bktLineages).Bucket(u64(t.lineage))
 		if lb == nil {
 			return fmt.Errorf("lineage %d bucket missing: %w", t.lineage, ErrCorrupt)
@@ -362,7 +370,7 @@ func (t *Txn) flush(final func(tx *bolt.Tx) error) error {
 		return fmt.Errorf("stage restore point: %w", err)
 	}
 	t.ops = t.ops[:0]
-	_ = t.c.db.View(func(tx *bolt.Tx) error { dropMappedPages(tx); return nil })
+	_ = t.c.boltView(func(tx *bolt.Tx) error { dropMappedPages(tx); return nil })
 	return nil
 }
 
@@ -569,11 +577,48 @@ func (t *Txn) Abort() error {
 	t.done = true
 	t.ops = nil
 	t.c.forget(t.seq)
-	err := t.c.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bktPending).Delete(u64(t.seq)) })
+	err := t.c.boltUpdate(func(tx *bolt.Tx) error { return tx.Bucket(bktPending).Delete(u64(t.seq)) })
 	if err != nil {
 		return fmt.Errorf("abort restore point: %w", err)
 	}
 	return nil
+}
+
+// Path returns the path the restore point being staged records for item
+// itemID of driveID so far: what this transaction put, or else what it
+// inherits from its base. ok is false when it records no such item. It lets
+// a crawl find the path of a folder it met long ago without keeping every
+// folder in memory.
+func (t *Txn) Path(ctx context.Context, driveID, itemID string) (path string, ok bool, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.check(); err != nil {
+		return "", false, err
+	}
+	for i := len(t.ops) - 1; i >= 0; i-- { // staged, not yet flushed
+		if o := &t.ops[i]; o.item.ItemID == itemID && o.item.DriveID == driveID {
+			return o.item.Path, o.kind == opPut, nil
+		}
+	}
+	if d, ok := t.drives[driveID]; ok && d.removed {
+		return "", false, nil
+	}
+	v := t.view()
+	err = t.c.view(ctx, func(tx *bolt.Tx) error {
+		lb := tx.Bucket(bktLineages).Bucket(u64(t.lineage))
+		if lb == nil {
+			return fmt.Errorf("lineage %d bucket missing: %w", t.lineage, ErrCorrupt)
+		}
+		rows, err := groupRows(lb.Bucket(bktIDs).Cursor(), idGroup(itemID, driveID))
+		if err != nil {
+			return err
+		}
+		if r, vis := v.visible(driveID, rows); vis && r.tag == tagVersion {
+			path, ok = r.path, true
+		}
+		return nil
+	})
+	return path, ok, err
 }
 
 // RowsWritten is the number of catalogue keys the transaction has put or
