@@ -186,8 +186,8 @@ func Open(path string, opts Options) (*Catalog, error) {
 		opts.Timeout = time.Second
 	}
 	boltOpts := &bolt.Options{
-		Timeout:        opts.Timeout,
-		ReadOnly:       opts.ReadOnly,
+		Timeout:  opts.Timeout,
+		ReadOnly: opts.ReadOnly,
 		// The freelist is written at each commit (8 bytes a free page: a
 		// few KiB). Without it, every open rebuilds it by walking the whole
 		// catalogue through the memory map: opening one of 250 MB took
