@@ -29,3 +29,11 @@ func IndexFileOf(r *Repository, id ChunkID) (string, bool) {
 	}
 	return "", false
 }
+
+// SetCompactIndexChunks sets how many chunks the index files compaction
+// writes list, until the returned function restores it.
+func SetCompactIndexChunks(n int) (restore func()) {
+	old := compactIndexChunks
+	compactIndexChunks = n
+	return func() { compactIndexChunks = old }
+}

@@ -102,9 +102,10 @@ type location struct {
 }
 
 type packMeta struct {
-	id   PackID
-	size int64
-	live bool
+	id     PackID
+	size   int64
+	chunks int // entries its index lists
+	live   bool
 }
 
 // memIndex is the process's index of the index files: packs in memory,
@@ -128,7 +129,7 @@ func (m *memIndex) addPack(p indexedPack) {
 	slot, ok := m.packSlot[p.id]
 	if !ok {
 		slot = uint32(len(m.packs))
-		m.packs = append(m.packs, packMeta{id: p.id, size: p.size, live: true})
+		m.packs = append(m.packs, packMeta{id: p.id, size: p.size, chunks: len(p.entries), live: true})
 		m.packSlot[p.id] = slot
 	}
 	for _, e := range p.entries {

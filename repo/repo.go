@@ -295,9 +295,9 @@ type indexProblem struct {
 	err  error
 }
 
-// loadIndex reads every index file into a fresh in-memory index. Damaged
-// index files are skipped (Verify reports them; their chunks then count as
-// missing) rather than making the repository unusable.
+// loadIndex reads every index file into a fresh in-memory index, one file
+// at a time. Damaged index files are skipped (Verify reports them; their
+// chunks then count as missing) rather than making the repository unusable.
 func (r *Repository) loadIndex(ctx context.Context) ([]indexProblem, error) {
 	names, err := r.listIndex(ctx)
 	if err != nil {
@@ -305,7 +305,6 @@ func (r *Repository) loadIndex(ctx context.Context) ([]indexProblem, error) {
 	}
 	idx := newMemIndex(r.log, r.indexDir())
 	var problems []indexProblem
-	all := map[PackID]indexedPack{}
 	for _, name := range names {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -317,19 +316,14 @@ func (r *Repository) loadIndex(ctx context.Context) ([]indexProblem, error) {
 			continue
 		}
 		idx.addFile(name, packs)
-		for _, p := range packs {
-			if _, ok := all[p.id]; !ok {
-				all[p.id] = p
-			}
-		}
 	}
 	r.mu.Lock()
 	old := r.idx
 	r.idx = idx
 	r.mu.Unlock()
 	old.chunks.close()
-	if !r.opts.ReadOnly && len(problems) == 0 && len(idx.files) > compactIndexFiles {
-		if err := r.compactIndex(all); err != nil {
+	if !r.opts.ReadOnly && len(problems) == 0 {
+		if err := r.compactIndex(ctx); err != nil {
 			// Not fatal: the individual files are still valid.
 			r.log.Warn("compact index", zap.Error(err))
 		}
@@ -337,41 +331,102 @@ func (r *Repository) loadIndex(ctx context.Context) ([]indexProblem, error) {
 	return problems, nil
 }
 
-// compactIndexFiles: above this many index files (writers add one per
-// pack), Open merges them into one so that opening stays fast.
+// compactIndexFiles: above this many small index files (writers add one
+// per pack), Open merges them so that opening stays fast.
 const compactIndexFiles = 256
 
-// compactIndex replaces all index files by one listing the same packs. It
-// runs at Open, before any writer exists: new file durable first, then the
-// old ones removed (a crash in between only leaves duplicates).
-func (r *Repository) compactIndex(all map[PackID]indexedPack) error {
-	packs := make([]indexedPack, 0, len(all))
-	for _, p := range all {
-		packs = append(packs, p)
-	}
-	sort.Slice(packs, func(i, j int) bool { return string(packs[i].id[:]) < string(packs[j].id[:]) })
-	data, name, err := encodeIndex(r.seal, packs)
-	if err != nil {
-		return err
-	}
-	ctx := context.Background()
-	if err := writeObject(ctx, r.store, indexKey(name), data); err != nil {
-		return err
-	}
-	ids := make([]PackID, len(packs))
-	for i, p := range packs {
-		ids[i] = p.id
-	}
+// compactIndexChunks is how many chunks the files compaction writes list
+// (about 4 MiB each): reading or writing one needs that much memory at
+// most, however large the repository. A file listing less than half of it
+// is small. A variable for tests.
+var compactIndexChunks = 64 << 10
+
+// compactIndex merges the small index files into files of about
+// compactIndexChunks chunks, reading them again one at a time. It runs at
+// Open, before any writer exists: new files durable first, then the old
+// ones removed (a crash in between only leaves duplicates).
+func (r *Repository) compactIndex(ctx context.Context) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	var old []string
-	for f := range r.idx.files {
-		if f != name {
-			old = append(old, indexKey(f))
-			delete(r.idx.files, f)
+	var small []string
+	for name, ids := range r.idx.files {
+		n := 0
+		for _, id := range ids {
+			if slot, ok := r.idx.packSlot[id]; ok {
+				n += r.idx.packs[slot].chunks
+			}
+		}
+		if n < compactIndexChunks/2 {
+			small = append(small, name)
 		}
 	}
-	r.idx.files[name] = ids
+	r.mu.Unlock()
+	if len(small) <= compactIndexFiles {
+		return nil
+	}
+	sort.Strings(small)
+	var (
+		batch    []indexedPack
+		chunks   int
+		from     []string // the files batch holds the packs of
+		seen     = map[PackID]bool{}
+		written  = map[string][]PackID{}
+		consumed []string
+	)
+	flush := func() error {
+		if len(from) < 2 { // nothing to merge
+			return nil
+		}
+		sort.Slice(batch, func(i, j int) bool { return string(batch[i].id[:]) < string(batch[j].id[:]) })
+		data, name, err := encodeIndex(r.seal, batch)
+		if err != nil {
+			return err
+		}
+		if err := writeObject(ctx, r.store, indexKey(name), data); err != nil {
+			return err
+		}
+		ids := make([]PackID, len(batch))
+		for i, p := range batch {
+			ids[i] = p.id
+		}
+		written[name] = ids
+		consumed = append(consumed, from...)
+		batch, chunks, from = nil, 0, nil
+		return nil
+	}
+	for _, name := range small {
+		packs, err := r.readIndexFile(name)
+		if err != nil {
+			return err
+		}
+		for _, p := range packs {
+			if !seen[p.id] {
+				seen[p.id] = true
+				batch = append(batch, p)
+				chunks += len(p.entries)
+			}
+		}
+		from = append(from, name)
+		if chunks >= compactIndexChunks {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	var old []string
+	for _, f := range consumed {
+		if _, ok := written[f]; !ok { // rewritten identical: same name
+			delete(r.idx.files, f)
+			old = append(old, indexKey(f))
+		}
+	}
+	for name, ids := range written {
+		r.idx.files[name] = ids
+	}
+	r.mu.Unlock()
 	return r.store.Remove(ctx, old...)
 }
 

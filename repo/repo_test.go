@@ -471,30 +471,49 @@ func TestStatsAndListRestorePoints(t *testing.T) {
 }
 
 func TestOpenCompactsManyIndexFiles(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	r := openRepo(t, dir, repo.Options{PackSize: 64 << 10}) // one pack, so one index file, per file
-	var files []file
-	for i := 0; i < 300; i++ {
-		files = append(files, file{id: fmt.Sprint("f", i), path: fmt.Sprintf("/f%03d", i), data: randomData(uint64(7000+i), 70<<10)})
+	tests := []struct {
+		name      string
+		perFile   int // chunks a compacted file lists
+		wantFiles int
+	}{
+		{"into one", 64 << 10, 1},
+		{"into files of bounded size", 100, 3},
 	}
-	rp := commitFiles(t, r, "site:s", "", files)
-	if st, _ := r.Stats(ctx); st.IndexFiles != 300 {
-		t.Fatalf("%d index files before reopen", st.IndexFiles)
-	}
-	_ = r.Close()
-	r2 := openRepo(t, dir, repo.Options{})
-	st, _ := r2.Stats(ctx)
-	if st.IndexFiles != 1 || st.Packs != 300 || st.Chunks != 300 {
-		t.Fatalf("after reopen: %+v", st)
-	}
-	if n := countObjects(t, r2, "index/"); n != 1 {
-		t.Fatalf("%d index files in the store", n)
-	}
-	verifyClean(t, r2, false)
-	for _, f := range files[:20] {
-		if got := readItem(t, r2, rp.ID, f.id); !bytes.Equal(got, f.data) {
-			t.Fatalf("%s differs", f.path)
-		}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			defer repo.SetCompactIndexChunks(tt.perFile)()
+			ctx := context.Background()
+			dir := t.TempDir()
+			r := openRepo(t, dir, repo.Options{PackSize: 64 << 10}) // one pack, so one index file, per file
+			var files []file
+			for i := 0; i < 300; i++ {
+				files = append(files, file{id: fmt.Sprint("f", i), path: fmt.Sprintf("/f%03d", i), data: randomData(uint64(7000+i), 70<<10)})
+			}
+			rp := commitFiles(t, r, "site:s", "", files)
+			if st, _ := r.Stats(ctx); st.IndexFiles != 300 {
+				t.Fatalf("%d index files before reopen", st.IndexFiles)
+			}
+			_ = r.Close()
+			r2 := openRepo(t, dir, repo.Options{})
+			st, _ := r2.Stats(ctx)
+			if st.IndexFiles != tt.wantFiles || st.Packs != 300 || st.Chunks != 300 {
+				t.Fatalf("after reopen: %+v, want %d index files", st, tt.wantFiles)
+			}
+			if n := countObjects(t, r2, "index/"); n != tt.wantFiles {
+				t.Fatalf("%d index files in the store, want %d", n, tt.wantFiles)
+			}
+			verifyClean(t, r2, false)
+			for _, f := range files[:20] {
+				if got := readItem(t, r2, rp.ID, f.id); !bytes.Equal(got, f.data) {
+					t.Fatalf("%s differs", f.path)
+				}
+			}
+			// Compacted files are not small: opening again changes nothing.
+			_ = r2.Close()
+			r3 := openRepo(t, dir, repo.Options{})
+			if n := countObjects(t, r3, "index/"); n != tt.wantFiles {
+				t.Fatalf("%d index files after a second reopen, want %d", n, tt.wantFiles)
+			}
+		})
 	}
 }

@@ -253,7 +253,8 @@ func runBenchMemory(ctx context.Context, args []string, stdout, stderr io.Writer
 		line, _ := json.Marshal(map[string]any{"items": m.items, "wall_seconds": round(m.wall, 1), "peak_rss_mib": mib(m.peak),
 			"end_rss_anon_mib": mib(m.anon), "end_rss_file_mib": mib(m.file),
 			"max_rss_anon_mib": mib(m.maxAnon), "max_rss_file_mib": mib(m.maxFile),
-			"restarted_peak_rss_mib": mib(m.restartPeak), "incremental_wall_seconds": round(m.incWall, 1)})
+			"restarted_peak_rss_mib": mib(m.restartPeak), "restarted_max_rss_anon_mib": mib(m.restartAnon),
+			"restarted_max_rss_file_mib": mib(m.restartFile), "incremental_wall_seconds": round(m.incWall, 1)})
 		fmt.Fprintln(stdout, string(line))
 	}
 	return exitOK
@@ -269,8 +270,8 @@ type memoryResult struct {
 	maxAnon, maxFile int64
 	// restartPeak is the peak of the agent restarted on the repository
 	// and running an incremental of 1 % changes, which took incWall.
-	restartPeak int64
-	incWall     float64
+	restartPeak, restartAnon, restartFile int64
+	incWall                               float64
 }
 
 func benchMemory(ctx context.Context, items int) (res memoryResult, err error) {
@@ -293,26 +294,9 @@ func benchMemory(ctx context.Context, items int) (res memoryResult, err error) {
 	}
 	defer conn.Close()
 	start := time.Now()
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if _, anon, file, err := p.memory(); err == nil {
-				res.maxAnon, res.maxFile = max(res.maxAnon, anon), max(res.maxFile, file)
-			}
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-		}
-	}()
+	sampled := sampleMemory(p)
 	jobs, err := runAllSources(ctx, pb.NewJobServiceClient(conn), sim, "memory")
-	close(stop)
-	<-sampled
+	res.maxAnon, res.maxFile = sampled()
 	if err != nil {
 		return res, err
 	}
@@ -335,10 +319,41 @@ func benchMemory(ctx context.Context, items int) (res memoryResult, err error) {
 	}
 	defer conn2.Close()
 	start = time.Now()
-	if _, err := runAllSources(ctx, pb.NewJobServiceClient(conn2), sim, "memory-incremental"); err != nil {
+	sampled = sampleMemory(p)
+	_, err = runAllSources(ctx, pb.NewJobServiceClient(conn2), sim, "memory-incremental")
+	res.restartAnon, res.restartFile = sampled()
+	if err != nil {
 		return res, fmt.Errorf("incremental after restart: %w", err)
 	}
 	res.incWall = time.Since(start).Seconds()
 	res.restartPeak, _, _, err = p.memory()
 	return res, err
+}
+
+// sampleMemory samples p's anonymous and file-backed RSS every 50 ms until
+// the returned function is called, which returns the largest of each.
+func sampleMemory(p *agentProcess) func() (maxAnon, maxFile int64) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var maxAnon, maxFile int64
+	go func() {
+		defer close(done)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if _, anon, file, err := p.memory(); err == nil {
+				maxAnon, maxFile = max(maxAnon, anon), max(maxFile, file)
+			}
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() (int64, int64) {
+		close(stop)
+		<-done
+		return maxAnon, maxFile
+	}
 }

@@ -788,7 +788,10 @@ func decodeVersion(b []byte) (Item, error) {
 
 func versionKey(enc []byte) versionID { return sha256.Sum256(enc) }
 
-func getVersion(tx *bolt.Tx, id versionID) (Item, error) {
+// getVersion reads a version: a random key, so it counts as a read for
+// dropMappedPages.
+func (c *Catalog) getVersion(tx *bolt.Tx, id versionID) (Item, error) {
+	c.noteRead(tx)
 	v := tx.Bucket(bktVersions).Get(id[:])
 	if v == nil {
 		return Item{}, fmt.Errorf("item version %x missing: %w", id[:8], ErrCorrupt)
@@ -807,14 +810,21 @@ func (c *Catalog) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 		return err
 	}
 	return c.boltView(func(tx *bolt.Tx) error {
-		err := fn(tx)
 		// Lookups fault random pages in too (the engine asks about every
 		// file it meets): drop them now and then.
-		if c.reads.Add(1)%dropEvery == 0 {
-			dropMappedPages(tx)
-		}
-		return err
+		c.noteRead(tx)
+		return fn(tx)
 	})
+}
+
+// noteRead counts a read of a random part of the catalogue through tx and
+// drops the mapped pages every dropEvery reads, so that neither many small
+// transactions nor one long one (a listing, a walk of every restore point)
+// leave the catalogue mapped in this process.
+func (c *Catalog) noteRead(tx *bolt.Tx) {
+	if c.reads.Add(1)%dropEvery == 0 {
+		dropMappedPages(tx)
+	}
 }
 
 func lineageID(tx *bolt.Tx, tenant, source string) (uint64, bool) {
@@ -1007,7 +1017,7 @@ func (c *Catalog) ListItems(ctx context.Context, req ListItemsRequest) ([]Item, 
 					next = encodeToken(req.RestorePoint, items[len(items)-1])
 					return nil
 				}
-				item, err := getVersion(tx, r.ver)
+				item, err := c.getVersion(tx, r.ver)
 				if err != nil {
 					return err
 				}
@@ -1088,7 +1098,7 @@ func (c *Catalog) ItemInDrive(ctx context.Context, rp RestorePointID, driveID, i
 			if !ok || r.tag != tagVersion {
 				continue
 			}
-			it, err = getVersion(tx, r.ver)
+			it, err = c.getVersion(tx, r.ver)
 			if err != nil {
 				return err
 			}
@@ -1121,7 +1131,7 @@ func (c *Catalog) LookupVersion(ctx context.Context, tenant, driveID, itemID, cT
 		for k, _ := cur.Seek(prefix); k != nil && strings.HasPrefix(string(k), string(prefix)); k, _ = cur.Next() {
 			var id versionID
 			copy(id[:], k[len(prefix):])
-			it, err := getVersion(tx, id)
+			it, err := c.getVersion(tx, id)
 			if err != nil {
 				return err
 			}

@@ -215,6 +215,7 @@ func (c *Catalog) GC(ctx context.Context, dryRun bool) (GCResult, error) {
 				var doomed [][]byte
 				it := newGroupIter(b.Cursor(), nil, nil)
 				for it.next() {
+					c.noteRead(tx)
 					var drive string
 					if isPath {
 						drive, _, _, _ = splitPathGroup(it.group)
@@ -376,6 +377,7 @@ func (c *Catalog) WalkVisible(ctx context.Context, fn func(Visible) error) error
 				if err := ctx.Err(); err != nil {
 					return err
 				}
+				c.noteRead(tx)
 				drive, path, _, _ := splitPathGroup(it.group)
 				seen := map[versionID][]RestorePoint{}
 				var order []versionID
@@ -390,7 +392,7 @@ func (c *Catalog) WalkVisible(ctx context.Context, fn func(Visible) error) error
 					seen[r.ver] = append(seen[r.ver], x.rp)
 				}
 				for _, vid := range order {
-					item, err := getVersion(tx, vid)
+					item, err := c.getVersion(tx, vid)
 					if err != nil {
 						return err
 					}

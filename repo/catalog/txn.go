@@ -424,7 +424,7 @@ func (s *stager) vacate(drive, path, item string) error {
 }
 
 func (s *stager) size(id versionID) (int64, error) {
-	it, err := getVersion(s.tx, id)
+	it, err := s.t.c.getVersion(s.tx, id)
 	return it.Size, err
 }
 
