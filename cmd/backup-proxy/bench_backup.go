@@ -252,9 +252,10 @@ func runBenchMemory(ctx context.Context, args []string, stdout, stderr io.Writer
 
 		line, _ := json.Marshal(map[string]any{"items": m.items, "wall_seconds": round(m.wall, 1), "peak_rss_mib": mib(m.peak),
 			"end_rss_anon_mib": mib(m.anon), "end_rss_file_mib": mib(m.file),
-			"max_rss_anon_mib": mib(m.maxAnon), "max_rss_file_mib": mib(m.maxFile),
+			"max_rss_anon_mib": mib(m.maxAnon), "max_rss_file_mib": mib(m.maxFile), "max_rss_executable_mib": mib(m.maxExe),
 			"restarted_peak_rss_mib": mib(m.restartPeak), "restarted_max_rss_anon_mib": mib(m.restartAnon),
-			"restarted_max_rss_file_mib": mib(m.restartFile), "incremental_wall_seconds": round(m.incWall, 1)})
+			"restarted_max_rss_file_mib": mib(m.restartFile), "restarted_max_rss_executable_mib": mib(m.restartExe),
+			"incremental_wall_seconds": round(m.incWall, 1)})
 		fmt.Fprintln(stdout, string(line))
 	}
 	return exitOK
@@ -268,10 +269,13 @@ type memoryResult struct {
 	// (mapped catalogue) parts seen, sampled every 50 ms: which one the
 	// peak is made of.
 	maxAnon, maxFile int64
+	// maxExe is the largest resident part of the executable's mappings
+	// (see exeMemory), which the file-backed part includes.
+	maxExe int64
 	// restartPeak is the peak of the agent restarted on the repository
 	// and running an incremental of 1 % changes, which took incWall.
-	restartPeak, restartAnon, restartFile int64
-	incWall                               float64
+	restartPeak, restartAnon, restartFile, restartExe int64
+	incWall                                           float64
 }
 
 func benchMemory(ctx context.Context, items int) (res memoryResult, err error) {
@@ -296,7 +300,7 @@ func benchMemory(ctx context.Context, items int) (res memoryResult, err error) {
 	start := time.Now()
 	sampled := sampleMemory(p)
 	jobs, err := runAllSources(ctx, pb.NewJobServiceClient(conn), sim, "memory")
-	res.maxAnon, res.maxFile = sampled()
+	res.maxAnon, res.maxFile, res.maxExe = sampled()
 	if err != nil {
 		return res, err
 	}
@@ -321,7 +325,7 @@ func benchMemory(ctx context.Context, items int) (res memoryResult, err error) {
 	start = time.Now()
 	sampled = sampleMemory(p)
 	_, err = runAllSources(ctx, pb.NewJobServiceClient(conn2), sim, "memory-incremental")
-	res.restartAnon, res.restartFile = sampled()
+	res.restartAnon, res.restartFile, res.restartExe = sampled()
 	if err != nil {
 		return res, fmt.Errorf("incremental after restart: %w", err)
 	}
@@ -330,12 +334,13 @@ func benchMemory(ctx context.Context, items int) (res memoryResult, err error) {
 	return res, err
 }
 
-// sampleMemory samples p's anonymous and file-backed RSS every 50 ms until
-// the returned function is called, which returns the largest of each.
-func sampleMemory(p *agentProcess) func() (maxAnon, maxFile int64) {
+// sampleMemory samples p's anonymous and file-backed RSS, and the resident
+// part of its executable, every 50 ms until the returned function is
+// called, which returns the largest of each.
+func sampleMemory(p *agentProcess) func() (maxAnon, maxFile, maxExe int64) {
 	stop := make(chan struct{})
 	done := make(chan struct{})
-	var maxAnon, maxFile int64
+	var maxAnon, maxFile, maxExe int64
 	go func() {
 		defer close(done)
 		t := time.NewTicker(50 * time.Millisecond)
@@ -344,6 +349,9 @@ func sampleMemory(p *agentProcess) func() (maxAnon, maxFile int64) {
 			if _, anon, file, err := p.memory(); err == nil {
 				maxAnon, maxFile = max(maxAnon, anon), max(maxFile, file)
 			}
+			if exe, err := p.exeMemory(); err == nil {
+				maxExe = max(maxExe, exe)
+			}
 			select {
 			case <-stop:
 				return
@@ -351,9 +359,9 @@ func sampleMemory(p *agentProcess) func() (maxAnon, maxFile int64) {
 			}
 		}
 	}()
-	return func() (int64, int64) {
+	return func() (int64, int64, int64) {
 		close(stop)
 		<-done
-		return maxAnon, maxFile
+		return maxAnon, maxFile, maxExe
 	}
 }
