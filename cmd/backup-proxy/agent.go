@@ -35,6 +35,7 @@ type agentConfig struct {
 	maxJobs         int
 	maxQueuedJobs   int
 	downloadsPerJob int
+	folderCache     int // folder paths a crawl keeps in memory; 0: the engine's default
 	scheduler       scheduler.Config
 	security        agent.Security // zero: plaintext, every caller trusted
 	// rpcRate and rpcBurst bound each caller's RPCs; zero rate: no limit,
@@ -151,7 +152,7 @@ func assemble(log *zap.Logger, cfg agentConfig) (*assembled, error) {
 		tc.SharedState = a.shared.set
 	}
 	a.tenants = backup.NewTenants(log.Named("scheduler"), a.pool, tc)
-	engine := backup.New(log, backup.Config{Downloads: cfg.downloadsPerJob}, a.repo, a.tenants)
+	engine := backup.New(log, backup.Config{Downloads: cfg.downloadsPerJob, FolderCache: cfg.folderCache}, a.repo, a.tenants)
 	a.jobs, err = jobs.Open(log, jobs.Config{
 		Path:        filepath.Join(cfg.dataDir, "jobs.db"),
 		MaxRunning:  cfg.maxJobs,

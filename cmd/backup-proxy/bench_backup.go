@@ -334,8 +334,9 @@ func benchMemory(ctx context.Context, items int) (res memoryResult, err error) {
 	return res, err
 }
 
-// sampleMemory samples p's anonymous and file-backed RSS, and the resident
-// part of its executable, every 50 ms until the returned function is
+// sampleMemory samples p's anonymous and file-backed RSS every 50 ms, and
+// the resident part of its executable every 500 ms (reading smaps costs the
+// agent more, and that part changes slowly), until the returned function is
 // called, which returns the largest of each.
 func sampleMemory(p *agentProcess) func() (maxAnon, maxFile, maxExe int64) {
 	stop := make(chan struct{})
@@ -345,12 +346,14 @@ func sampleMemory(p *agentProcess) func() (maxAnon, maxFile, maxExe int64) {
 		defer close(done)
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
-		for {
+		for i := 0; ; i++ {
 			if _, anon, file, err := p.memory(); err == nil {
 				maxAnon, maxFile = max(maxAnon, anon), max(maxFile, file)
 			}
-			if exe, err := p.exeMemory(); err == nil {
-				maxExe = max(maxExe, exe)
+			if i%10 == 0 {
+				if exe, err := p.exeMemory(); err == nil {
+					maxExe = max(maxExe, exe)
+				}
 			}
 			select {
 			case <-stop:

@@ -46,12 +46,21 @@ type e2e struct {
 	// set, also receives the agent's log at Warn and above.
 	repo repoConfig
 	logs zapcore.Core
+	// folderCache, when set, is how many folder paths a crawl keeps in
+	// memory (backup.Config.FolderCache).
+	folderCache int
 }
 
 // generous limits keep pacing out of the way: these tests are about content.
 var generous = graphsim.Limits{AppPerMinute: 600_000, AppPer24h: 100_000_000, TenantPer5Min: 10_000_000}
 
 func newE2E(t *testing.T, opts graphsim.Options, dataDir string) *e2e {
+	t.Helper()
+	return newE2EWith(t, opts, dataDir, nil)
+}
+
+// newE2EWith is newE2E with configure run before the agent starts.
+func newE2EWith(t *testing.T, opts graphsim.Options, dataDir string, configure func(*e2e)) *e2e {
 	t.Helper()
 	if opts.Limits == nil {
 		opts.Limits = &generous
@@ -62,6 +71,9 @@ func newE2E(t *testing.T, opts graphsim.Options, dataDir string) *e2e {
 	}
 	t.Cleanup(func() { sim.Close() })
 	e := &e2e{t: t, sim: sim, opts: opts}
+	if configure != nil {
+		configure(e)
+	}
 	e.start(dataDir)
 	return e
 }
@@ -87,7 +99,7 @@ func (e *e2e) start(dataDir string) {
 	a, err := assemble(log, agentConfig{
 		dataDir: dataDir, graphURL: e.sim.GraphURL(), loginURL: e.sim.LoginURL(), roots: e.sim.CertPool(),
 		maxJobs: 4, maxQueuedJobs: 100, downloadsPerJob: 4, scheduler: sc, budgetRedis: e.budgetRedis,
-		repo: e.repo,
+		repo: e.repo, folderCache: e.folderCache,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -276,10 +288,24 @@ func (e *e2e) checkAgainstTenant(rp string, drives []string, readAll bool) {
 }
 
 func TestBackupEndToEnd(t *testing.T) {
-	e := newE2E(t, graphsim.Options{
+	for _, tc := range []struct {
+		name        string
+		folderCache int
+	}{
+		{"default", 0},
+		// Every other folder's path is read back from the restore point
+		// being staged.
+		{"one folder in memory", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testBackupEndToEnd(t, tc.folderCache) })
+	}
+}
+
+func testBackupEndToEnd(t *testing.T, folderCache int) {
+	e := newE2EWith(t, graphsim.Options{
 		Seed: 11, Users: 3, Sites: 2, FilesPerDrive: 100, Apps: 3, MaxFileSize: 1 << 20,
 		Faults: graphsim.Faults{UnprovisionedOneDrives: -1},
-	}, t.TempDir())
+	}, t.TempDir(), func(e *e2e) { e.folderCache = folderCache })
 	e.addApps()
 	srcs := e.sources()
 
