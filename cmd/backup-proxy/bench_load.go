@@ -135,7 +135,7 @@ func benchLoad(ctx context.Context, cfg loadConfig, stderr io.Writer) (res loadR
 		return res, err
 	}
 	defer jobs.CancelJob(context.Background(), &pb.CancelJobRequest{JobId: req.JobId}) //nolint:errcheck // best effort at the end
-	if err := waitForItems(ctx, jobs, req.JobId); err != nil {
+	if err := waitForItems(ctx, jobs, req.JobId, 1); err != nil {
 		return res, err
 	}
 	// Anonymous memory only: the file-backed part is mostly the catalogue's
@@ -203,9 +203,10 @@ func benchLoad(ctx context.Context, cfg loadConfig, stderr io.Writer) (res loadR
 
 func mib(b int64) float64 { return round(float64(b)/(1<<20), 1) }
 
-// waitForItems waits until the job has stored items, so that the load meets
-// a backup in full flight.
-func waitForItems(ctx context.Context, jobs pb.JobServiceClient, id string) error {
+// waitForItems waits until job id has backed up n items and fails if the
+// job ends first: what comes next (load, a kill, an outage) must meet a
+// backup in full flight.
+func waitForItems(ctx context.Context, jobs pb.JobServiceClient, id string, n int64) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	stream, err := jobs.WatchJob(ctx, &pb.WatchJobRequest{JobId: id})
@@ -213,12 +214,15 @@ func waitForItems(ctx context.Context, jobs pb.JobServiceClient, id string) erro
 		return err
 	}
 	for {
-		j, err := stream.Recv()
+		resp, err := stream.Recv()
 		if err != nil {
-			return fmt.Errorf("waiting for the backup to store items: %w", err)
+			return fmt.Errorf("waiting for job %s to back up %d items: %w", id, n, err)
 		}
-		if j.Job.GetProgress().GetItemsBackedUp() > 0 {
+		if resp.Job.GetProgress().GetItemsBackedUp() >= n {
 			return nil
+		}
+		if s := resp.Job.GetState(); s != pb.JobState_JOB_STATE_RUNNING && s != pb.JobState_JOB_STATE_QUEUED {
+			return fmt.Errorf("job %s ended (%v) before backing up %d items", id, s, n)
 		}
 	}
 }

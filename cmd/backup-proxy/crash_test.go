@@ -110,22 +110,8 @@ func TestAgentKilledMidJobResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Kill it once a good part, but not all, of the files are stored.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := e.jobs.GetJob(t.Context(), &pb.GetJobRequest{JobId: "crash-1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp.Job.State != pb.JobState_JOB_STATE_RUNNING && resp.Job.State != pb.JobState_JOB_STATE_QUEUED {
-			t.Fatalf("the job ended before the kill: %v", resp.Job)
-		}
-		if resp.Job.Progress.ItemsBackedUp >= 120 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no progress: %v", resp.Job)
-		}
-		time.Sleep(20 * time.Millisecond) // polling a real process: there is no clock to inject
+	if err := waitForItems(t.Context(), e.jobs, "crash-1", 120); err != nil {
+		t.Fatal(err)
 	}
 	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)

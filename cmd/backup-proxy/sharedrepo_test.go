@@ -157,16 +157,9 @@ func TestAgentKilledHoldingLease(t *testing.T) {
 		}
 	}
 	submit(ea, "job-a")
-	waitFor(t, 60*time.Second, "progress on agent a", func() bool {
-		resp, err := ea.jobs.GetJob(t.Context(), &pb.GetJobRequest{JobId: "job-a"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp.Job.State != pb.JobState_JOB_STATE_RUNNING && resp.Job.State != pb.JobState_JOB_STATE_QUEUED {
-			t.Fatalf("the job ended before the kill: %v", resp.Job)
-		}
-		return resp.Job.Progress.ItemsBackedUp >= 120
-	})
+	if err := waitForItems(t.Context(), ea.jobs, "job-a", 120); err != nil {
+		t.Fatal(err)
+	}
 	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -234,16 +227,9 @@ func TestRedisRestartLosesLease(t *testing.T) {
 	if _, err := e.jobs.SubmitJob(t.Context(), req); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "progress", func() bool {
-		resp, err := e.jobs.GetJob(t.Context(), &pb.GetJobRequest{JobId: "r-1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp.Job.State != pb.JobState_JOB_STATE_RUNNING && resp.Job.State != pb.JobState_JOB_STATE_QUEUED {
-			t.Fatalf("the job ended before Redis restarted: %v", resp.Job)
-		}
-		return resp.Job.Progress.ItemsBackedUp >= 100
-	})
+	if err := waitForItems(t.Context(), e.jobs, "r-1", 100); err != nil {
+		t.Fatal(err)
+	}
 	// A restart without persistence: the lease's key is gone.
 	if err := rs.Stop(); err != nil {
 		t.Fatal(err)

@@ -155,7 +155,7 @@ type Catalog struct {
 	nmu   sync.RWMutex
 	names map[string]uint64 // restore point name → seq, as the names bucket
 
-	reads atomic.Int64 // read transactions, for dropMappedPages
+	reads atomic.Int64 // random reads of the catalogue, for dropMappedPages (noteRead)
 }
 
 var (
